@@ -55,6 +55,35 @@ void mer_json_doc_errf(const struct mer_json_doc *doc, const char *path,
 int mer_json_locate(const char *text, size_t len, const char *path, int *line,
 		    int *col);
 
+/* --- additions (helper "config") -------------------------------------- */
+
+/*
+ * Notes on the functions above: columns count characters (UTF-8 lead bytes)
+ * as jansson's do. mer_json_locate also returns MER_EINVAL for a malformed
+ * path ("a..b", "a[x]") and MER_ENOMEM; line/col are then 1:1.
+ */
+
+/* As mer_json_locate, but when the last step of path is a member name the
+ * position is that of the member's key (for "unknown key" errors). */
+int mer_json_locate_key(const char *text, size_t len, const char *path,
+			int *line, int *col);
+
+/* As mer_json_doc_errf, with the position of the member's key. */
+void mer_json_doc_key_errf(const struct mer_json_doc *doc, const char *path,
+			   char *err, size_t errlen, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+
+/*
+ * Appends member key to the path in path (a NUL-terminated string in a
+ * buffer of n bytes): ".key", or ["key"] (with \" and \\ escaped) when the
+ * key is empty or holds '.', '[', ']', '"' or '\\'. Truncates at n; returns
+ * the new length.
+ */
+size_t mer_json_path_append(char *path, size_t n, const char *key);
+
+/* "an object", "a string", "an integer", "null"... for error messages. */
+const char *mer_json_type_name(const json_t *v);
+
 /* Nesting depth of a value (a scalar is 0, [] is 1). */
 size_t mer_json_depth(const json_t *v);
 
