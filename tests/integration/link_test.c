@@ -1,0 +1,903 @@
+/*
+ * Integration tests for common/link: a real server and real clients over
+ * tcp on 127.0.0.1 (ports picked at run time) and ipc. Round trips,
+ * long-polls, re-keys, broker restarts, and every attack the protocol must
+ * reject and count, played with a raw nng REQ socket and the channel API.
+ */
+#include "common/channel.h"
+#include "common/err.h"
+#include "common/link.h"
+#include "common/log.h"
+#include "tests/harness.h"
+#include "tests/lib/proc.h"
+
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/rep.h>
+#include <nng/protocol/reqrep0/req.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* ---- a broker stand-in: registered keys and received reports ---- */
+
+struct reg {
+	pthread_mutex_t mu;
+	struct {
+		uint8_t pk[32];
+		char site[64];
+		int revoked;
+	} e[16];
+	int n;
+	json_t *reports; /* [{"site":..., "report":...}] */
+	int polls;
+};
+
+static int hk_check(void *arg, const uint8_t pk[32], char site[128])
+{
+	struct reg *r = arg;
+	int rv = MER_ENOTFOUND;
+
+	pthread_mutex_lock(&r->mu);
+	for (int i = 0; i < r->n; i++) {
+		if (memcmp(r->e[i].pk, pk, 32) != 0)
+			continue;
+		if (r->e[i].revoked) {
+			rv = MER_EREVOKED;
+		} else {
+			snprintf(site, 128, "%s", r->e[i].site);
+			rv = 0;
+		}
+	}
+	pthread_mutex_unlock(&r->mu);
+	return rv;
+}
+
+static int hk_report(void *arg, const char *site, json_t *report)
+{
+	struct reg *r = arg;
+
+	pthread_mutex_lock(&r->mu);
+	json_array_append_new(r->reports, json_pack("{s:s, s:O}", "site", site,
+						    "report", report));
+	pthread_mutex_unlock(&r->mu);
+	return 0;
+}
+
+static void hk_poll(void *arg, const char *site)
+{
+	struct reg *r = arg;
+
+	(void)site;
+	pthread_mutex_lock(&r->mu);
+	r->polls++;
+	pthread_mutex_unlock(&r->mu);
+}
+
+static size_t reports_n(struct reg *r)
+{
+	size_t n;
+
+	pthread_mutex_lock(&r->mu);
+	n = json_array_size(r->reports);
+	pthread_mutex_unlock(&r->mu);
+	return n;
+}
+
+static void reg_add(struct reg *r, const uint8_t pk[32], const char *site)
+{
+	pthread_mutex_lock(&r->mu);
+	memcpy(r->e[r->n].pk, pk, 32);
+	snprintf(r->e[r->n].site, sizeof(r->e[0].site), "%s", site);
+	r->e[r->n].revoked = 0;
+	r->n++;
+	pthread_mutex_unlock(&r->mu);
+}
+
+static void reg_revoke(struct reg *r, const char *site)
+{
+	pthread_mutex_lock(&r->mu);
+	for (int i = 0; i < r->n; i++)
+		if (strcmp(r->e[i].site, site) == 0)
+			r->e[i].revoked = 1;
+	pthread_mutex_unlock(&r->mu);
+}
+
+/* ---- fixture ---- */
+
+struct fx {
+	struct reg reg;
+	struct mer_keypair bkey, skey;
+	char fp[MER_KEY_FP_SIZE];
+	char url[256];
+	struct mer_link_server_opts so;
+	struct mer_link_server_ops ops;
+	struct mer_link_server *srv;
+	struct mer_link_client *cli;
+	char *tmp;
+};
+
+static struct fx F;
+
+static int fx_server(struct fx *f)
+{
+	f->so.url = f->url;
+	f->so.key = &f->bkey;
+	if (mer_link_server_start(&f->so, &f->ops, &f->srv) != 0)
+		return -1;
+	snprintf(f->url, sizeof(f->url), "%s", mer_link_server_url(f->srv));
+	return 0;
+}
+
+static int fx_client(struct fx *f, const struct mer_keypair *key,
+		     const char *fp, struct mer_link_client **out)
+{
+	struct mer_link_client_opts o = {.url = f->url,
+					 .key = key,
+					 .broker_fp = fp,
+					 .request_timeout_ms = 3000,
+					 .retry_min_ms = 20,
+					 .retry_max_ms = 200};
+	return mer_link_client_open(&o, out);
+}
+
+/* Server on url (NULL: tcp on a free loopback port) and one client for a
+ * registered site "east-1". */
+static int fx_start(const char *url, size_t max_payload, uint32_t rekey_msgs)
+{
+	struct fx *f = &F;
+
+	memset(f, 0, sizeof(*f));
+	pthread_mutex_init(&f->reg.mu, NULL);
+	f->reg.reports = json_array();
+	if (mer_keypair_generate(&f->bkey) || mer_keypair_generate(&f->skey))
+		return -1;
+	mer_key_fingerprint(f->bkey.pk, f->fp);
+	reg_add(&f->reg, f->skey.pk, "east-1");
+	f->ops = (struct mer_link_server_ops){.check_key = hk_check,
+					      .report = hk_report,
+					      .poll = hk_poll,
+					      .arg = &f->reg};
+	f->so.max_payload = max_payload;
+	f->so.rekey_after_msgs = rekey_msgs;
+	f->so.receivers = 4;
+	snprintf(f->url, sizeof(f->url), "%s", url ? url : "tcp://127.0.0.1:0");
+	if (fx_server(f) != 0)
+		return -1;
+	return fx_client(f, &f->skey, f->fp, &f->cli);
+}
+
+static void fx_stop(void)
+{
+	mer_link_client_close(F.cli);
+	mer_link_server_stop(F.srv);
+	json_decref(F.reg.reports);
+	pthread_mutex_destroy(&F.reg.mu);
+	if (F.tmp) {
+		t_rmtree(F.tmp);
+		free(F.tmp);
+	}
+	memset(&F, 0, sizeof(F));
+}
+
+static struct mer_link_stats srv_stats(void)
+{
+	struct mer_link_stats st;
+
+	mer_link_server_get_stats(F.srv, &st);
+	return st;
+}
+
+static json_t *report(int seq)
+{
+	return json_pack("{s:i, s:s}", "seq", seq, "kind", "summary");
+}
+
+/* ---- raw attacker: a bare REQ socket and the channel API ---- */
+
+struct raw {
+	nng_socket s;
+	struct mer_chan_session ch;
+};
+
+static int raw_open(struct raw *r)
+{
+	memset(r, 0, sizeof(*r));
+	if (nng_req0_open(&r->s) != 0)
+		return -1;
+	nng_socket_set_ms(r->s, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
+	nng_socket_set_ms(r->s, NNG_OPT_RECVTIMEO, 3000);
+	nng_socket_set_ms(r->s, NNG_OPT_SENDTIMEO, 3000);
+	return nng_dial(r->s, F.url, NULL, 0) == 0 ? 0 : -1;
+}
+
+/* Sends len bytes, returns the reply (malloc'd) or NULL. */
+static uint8_t *raw_xchg(struct raw *r, const void *buf, size_t len,
+			 size_t *rlen)
+{
+	nng_msg *m;
+	uint8_t *out;
+
+	if (nng_msg_alloc(&m, len) != 0)
+		return NULL;
+	memcpy(nng_msg_body(m), buf, len);
+	if (nng_sendmsg(r->s, m, 0) != 0) {
+		nng_msg_free(m);
+		return NULL;
+	}
+	if (nng_recvmsg(r->s, &m, 0) != 0)
+		return NULL;
+	*rlen = nng_msg_len(m);
+	out = malloc(*rlen ? *rlen : 1);
+	memcpy(out, nng_msg_body(m), *rlen);
+	nng_msg_free(m);
+	return out;
+}
+
+static int raw_handshake(struct raw *r, const struct mer_keypair *key,
+			 int *status)
+{
+	struct mer_chan_hello hs;
+	uint8_t *w;
+	size_t wl = 0;
+	int rv = -1;
+
+	if (mer_chan_hello_make(&hs, key, 0) != 0)
+		return -1;
+	w = raw_xchg(r, hs.msg, sizeof(hs.msg), &wl);
+	if (w)
+		rv = mer_chan_hello_finish(&hs, w, wl, F.fp, &r->ch, status,
+					   NULL);
+	free(w);
+	mer_chan_hello_wipe(&hs);
+	return rv;
+}
+
+static int raw_seal(struct raw *r, int type, const char *text, uint8_t *out,
+		    size_t *n)
+{
+	return mer_chan_seal(&r->ch, type, (const uint8_t *)text, strlen(text),
+			     out, 4096, n);
+}
+
+/* The reply is a NOTICE with this reason? */
+static int is_notice(const uint8_t *m, size_t n, int reason)
+{
+	uint16_t code;
+	uint8_t why;
+
+	return m && mer_chan_notice_parse(m, n, &code, &why) == 0 &&
+	       why == reason;
+}
+
+/* ---- round trips ---- */
+
+static void roundtrip(void)
+{
+	char **names = NULL;
+	size_t n = 0;
+
+	for (int i = 0; i < 20; i++) {
+		json_t *r = report(i);
+		T_OK(mer_link_client_report(F.cli, r, 0));
+		json_decref(r);
+	}
+	T_EQ_INT(reports_n(&F.reg), 20);
+	json_t *last = json_array_get(F.reg.reports, 19);
+	T_EQ_STR(json_string_value(json_object_get(last, "site")), "east-1");
+	T_EQ_INT(json_integer_value(
+		     json_object_get(json_object_get(last, "report"), "seq")),
+		 19);
+	struct mer_link_stats st = srv_stats();
+	T_EQ_INT(st.handshakes, 1);
+	T_EQ_INT(st.reports, 20);
+	T_EQ_INT(st.messages_in, 20);
+	for (int i = 0; i < MER_CHAN_R_COUNT; i++)
+		T_EQ_INT(st.rejected[i], 0);
+	T_OK(mer_link_server_sites(F.srv, &names, &n));
+	T_EQ_INT(n, 1);
+	if (n == 1)
+		T_EQ_STR(names[0], "east-1");
+	mer_link_names_free(names, n);
+}
+
+static void test_tcp_roundtrip(void)
+{
+	T_ASSERT(fx_start(NULL, 0, 0) == 0);
+	T_EXPECT(strncmp(F.url, "tcp://127.0.0.1:", 16) == 0);
+	T_EXPECT(strcmp(F.url, "tcp://127.0.0.1:0") != 0);
+	roundtrip();
+	fx_stop();
+}
+
+static void test_ipc_roundtrip(void)
+{
+	char *dir = NULL, url[300];
+
+	T_ASSERT(t_tmpdir("link", &dir) == 0);
+	snprintf(url, sizeof(url), "ipc://%s/broker.sock", dir);
+	if (fx_start(url, 0, 0) == 0)
+		roundtrip();
+	else
+		t_fail(__FILE__, __LINE__, "fixture on %s", url);
+	F.tmp = dir;
+	fx_stop();
+}
+
+/* ---- long-poll ---- */
+
+struct poller {
+	struct mer_link_client *c;
+	int wait_ms;
+	int rv;
+	json_t *cmds;
+	long long ms;
+};
+
+static void *poll_thread(void *arg)
+{
+	struct poller *p = arg;
+	long long t0 = t_now_ms();
+
+	p->rv = mer_link_client_poll(p->c, p->wait_ms, &p->cmds);
+	p->ms = t_now_ms() - t0;
+	return NULL;
+}
+
+static void test_longpoll_prompt(void)
+{
+	struct poller p = {0};
+	pthread_t th;
+	json_t *cmds = NULL;
+
+	T_ASSERT(fx_start(NULL, 0, 0) == 0);
+	/* Nothing queued: an empty answer after the wait. */
+	T_OK(mer_link_client_poll(F.cli, 300, &cmds));
+	T_EQ_INT(json_array_size(cmds), 0);
+	json_decref(cmds);
+
+	p.c = F.cli;
+	p.wait_ms = 20000;
+	T_ASSERT(pthread_create(&th, NULL, poll_thread, &p) == 0);
+	t_sleep_ms(300);
+	json_t *cmd = json_pack("{s:s, s:s}", "id", "c-1", "op", "launch");
+	long long t0 = t_now_ms();
+	T_OK(mer_link_server_queue_command(F.srv, "east-1", cmd));
+	T_EQ_INT(mer_link_server_queue_command(F.srv, "east-1", cmd),
+		 MER_EEXIST);
+	json_decref(cmd);
+	pthread_join(th, NULL);
+	long long lag = t_now_ms() - t0;
+	T_OK(p.rv);
+	T_EXPECT(lag < 500); /* answered at once, not at the 20 s timeout */
+	T_EQ_INT(json_array_size(p.cmds), 1);
+	T_EQ_STR(
+	    json_string_value(json_object_get(json_array_get(p.cmds, 0), "id")),
+	    "c-1");
+	json_decref(p.cmds);
+	/* Not acknowledged yet: still pending; the next poll acks it. */
+	T_EQ_INT(mer_link_server_pending(F.srv, "east-1"), 1);
+	T_OK(mer_link_client_poll(F.cli, 0, &cmds));
+	T_EQ_INT(json_array_size(cmds), 0);
+	json_decref(cmds);
+	T_EQ_INT(mer_link_server_pending(F.srv, "east-1"), 0);
+	T_EXPECT(F.reg.polls >= 3);
+	fx_stop();
+}
+
+static void test_report_while_polling(void)
+{
+	struct poller p = {0};
+	pthread_t th;
+
+	T_ASSERT(fx_start(NULL, 0, 0) == 0);
+	p.c = F.cli;
+	p.wait_ms = 5000;
+	T_ASSERT(pthread_create(&th, NULL, poll_thread, &p) == 0);
+	t_sleep_ms(200);
+	long long t0 = t_now_ms();
+	for (int i = 0; i < 5; i++) {
+		json_t *r = report(i);
+		T_OK(mer_link_client_report(F.cli, r, 0));
+		json_decref(r);
+	}
+	T_EXPECT(t_now_ms() - t0 < 2000);
+	T_EQ_INT(reports_n(&F.reg), 5);
+	json_t *cmd = json_pack("{s:s}", "id", "wake");
+	T_OK(mer_link_server_queue_command(F.srv, "east-1", cmd));
+	json_decref(cmd);
+	pthread_join(th, NULL);
+	T_OK(p.rv);
+	T_EQ_INT(json_array_size(p.cmds), 1);
+	json_decref(p.cmds);
+	fx_stop();
+}
+
+/* ---- re-key and restart: nothing lost ---- */
+
+static int stop_polling;
+
+static void *poll_loop(void *arg)
+{
+	struct mer_link_client *c = arg;
+
+	while (!__atomic_load_n(&stop_polling, __ATOMIC_SEQ_CST)) {
+		json_t *cmds = NULL;
+		if (mer_link_client_poll(c, 50, &cmds) == 0)
+			json_decref(cmds);
+	}
+	return NULL;
+}
+
+static int seqs_complete(json_t *reports, int from, int to)
+{
+	char *seen = calloc((size_t)(to + 1), 1);
+	size_t i;
+	json_t *v;
+	int ok = 1;
+
+	json_array_foreach(reports, i, v)
+	{
+		json_int_t s = json_integer_value(
+		    json_object_get(json_object_get(v, "report"), "seq"));
+		if (s >= from && s <= to)
+			seen[s] = 1;
+	}
+	for (int s = from; s <= to; s++)
+		if (!seen[s])
+			ok = 0;
+	free(seen);
+	return ok;
+}
+
+static void test_rekey_no_loss(void)
+{
+	pthread_t th;
+	struct mer_link_stats cs;
+
+	T_ASSERT(fx_start(NULL, 0, 16) == 0);
+	stop_polling = 0;
+	T_ASSERT(pthread_create(&th, NULL, poll_loop, F.cli) == 0);
+	for (int i = 0; i < 300; i++)
+		T_OK(mer_link_client_enqueue(F.cli, report(i)));
+	int rv = mer_link_client_flush(F.cli, 60000);
+	__atomic_store_n(&stop_polling, 1, __ATOMIC_SEQ_CST);
+	pthread_join(th, NULL);
+	T_OK(rv);
+	T_EQ_INT(reports_n(&F.reg), 300);
+	T_EXPECT(seqs_complete(F.reg.reports, 0, 299));
+	/* in order: the outbox sends one at a time */
+	for (size_t i = 0; i < json_array_size(F.reg.reports); i++) {
+		json_t *r =
+		    json_object_get(json_array_get(F.reg.reports, i), "report");
+		if (json_integer_value(json_object_get(r, "seq")) !=
+		    (json_int_t)i) {
+			t_fail(__FILE__, __LINE__, "report %zu out of order",
+			       i);
+			break;
+		}
+	}
+	mer_link_client_get_stats(F.cli, &cs);
+	struct mer_link_stats st = srv_stats();
+	/* 2 sealed messages per report, re-key every 16: >= 30 sessions. */
+	T_EXPECT(cs.handshakes >= 30);
+	T_EQ_INT(st.handshakes, cs.handshakes);
+	T_EQ_INT(st.rejected[MER_CHAN_R_REPLAY], 0);
+	T_EQ_INT(st.rejected[MER_CHAN_R_AUTH_FAILED], 0);
+	/* Only the newest two sessions per site are kept. */
+	T_EXPECT(st.sessions <= 3);
+	fx_stop();
+}
+
+static void test_broker_restart(void)
+{
+	struct mer_link_stats st;
+
+	T_ASSERT(fx_start(NULL, 0, 0) == 0);
+	for (int i = 0; i < 5; i++)
+		T_OK(mer_link_client_enqueue(F.cli, report(i)));
+	T_OK(mer_link_client_flush(F.cli, 10000));
+	T_EQ_INT(reports_n(&F.reg), 5);
+	mer_link_server_stop(F.srv);
+	F.srv = NULL;
+	for (int i = 5; i < 15; i++)
+		T_OK(mer_link_client_enqueue(F.cli, report(i)));
+	t_sleep_ms(300);
+	T_EXPECT(mer_link_client_queued(F.cli) > 0);
+	/* Same URL and key, no sessions: the agent is told "unknown
+	 * session", handshakes again and delivers the queue. */
+	T_ASSERT(fx_server(&F) == 0);
+	T_OK(mer_link_client_flush(F.cli, 20000));
+	T_EXPECT(seqs_complete(F.reg.reports, 0, 14));
+	st = srv_stats();
+	T_EXPECT(st.rejected[MER_CHAN_R_UNKNOWN_SESSION] >= 1);
+	T_EQ_INT(st.handshakes, 1);
+	fx_stop();
+}
+
+/* ---- attacks: each rejected and counted, never acted on ---- */
+
+static void test_attack_replay(void)
+{
+	struct raw r;
+	uint8_t m[4096], *rep;
+	size_t n, rl;
+	int status = -1;
+
+	T_ASSERT(fx_start(NULL, 0, 0) == 0);
+	T_ASSERT(raw_open(&r) == 0);
+	T_OK(raw_handshake(&r, &F.skey, &status));
+	T_EQ_INT(status, 0);
+	T_OK(raw_seal(&r, MER_WIRE_REPORT, "{\"seq\":1}", m, &n));
+	rep = raw_xchg(&r, m, n, &rl);
+	T_EXPECT(rep && !is_notice(rep, rl, MER_CHAN_R_REPLAY));
+	free(rep);
+	rep = raw_xchg(&r, m, n, &rl); /* the captured message, again */
+	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_REPLAY));
+	free(rep);
+	T_EQ_INT(srv_stats().rejected[MER_CHAN_R_REPLAY], 1);
+	T_EQ_INT(reports_n(&F.reg), 1);
+	nng_close(r.s);
+	fx_stop();
+}
+
+static void flip_case(size_t at, uint8_t mask, int reason)
+{
+	struct raw r;
+	uint8_t m[4096], *rep;
+	size_t n, rl;
+	int status = -1;
+
+	T_ASSERT(fx_start(NULL, 0, 0) == 0);
+	T_ASSERT(raw_open(&r) == 0);
+	T_OK(raw_handshake(&r, &F.skey, &status));
+	T_OK(raw_seal(&r, MER_WIRE_REPORT, "{\"seq\":1,\"gpus\":8}", m, &n));
+	m[at < n ? at : n - 1] ^= mask;
+	rep = raw_xchg(&r, m, n, &rl);
+	T_EXPECT(is_notice(rep, rl, reason));
+	free(rep);
+	T_EQ_INT(srv_stats().rejected[reason], 1);
+	T_EQ_INT(reports_n(&F.reg), 0);
+	nng_close(r.s);
+	fx_stop();
+}
+
+static void test_attack_flip_header(void)
+{
+	flip_case(14, 0x04, MER_CHAN_R_AUTH_FAILED);	/* a counter byte */
+	flip_case(3, 0x01, MER_CHAN_R_AUTH_FAILED);	/* REPORT -> POLL */
+	flip_case(3, 0x04, MER_CHAN_R_MALFORMED);	/* no such type */
+	flip_case(6, 0x10, MER_CHAN_R_UNKNOWN_SESSION); /* session id */
+}
+
+static void test_attack_flip_ciphertext(void)
+{
+	flip_case(MER_WIRE_HDR_LEN + 3, 0x04, MER_CHAN_R_AUTH_FAILED);
+	flip_case(1000, 0x80, MER_CHAN_R_AUTH_FAILED); /* in the tag */
+}
+
+static void test_attack_truncated(void)
+{
+	struct raw r;
+	uint8_t m[4096], *rep;
+	size_t n, rl;
+	int status = -1;
+
+	T_ASSERT(fx_start(NULL, 0, 0) == 0);
+	T_ASSERT(raw_open(&r) == 0);
+	T_OK(raw_handshake(&r, &F.skey, &status));
+	T_OK(raw_seal(&r, MER_WIRE_REPORT, "{\"seq\":1}", m, &n));
+	rep = raw_xchg(&r, m, MER_WIRE_HDR_LEN + 8, &rl);
+	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_TRUNCATED));
+	free(rep);
+	rep = raw_xchg(&r, m, n - 1, &rl); /* tag cut short */
+	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_AUTH_FAILED));
+	free(rep);
+	struct mer_link_stats st = srv_stats();
+	T_EQ_INT(st.rejected[MER_CHAN_R_TRUNCATED], 1);
+	T_EQ_INT(st.rejected[MER_CHAN_R_AUTH_FAILED], 1);
+	T_EQ_INT(reports_n(&F.reg), 0);
+	nng_close(r.s);
+	fx_stop();
+}
+
+static void test_attack_oversized(void)
+{
+	struct raw r;
+	uint8_t *big, *rep;
+	size_t rl;
+
+	T_ASSERT(fx_start(NULL, 4096, 0) == 0);
+	T_ASSERT(raw_open(&r) == 0);
+	big = calloc(1, 64 * 1024);
+	struct mer_wire_hdr h = {
+	    .type = MER_WIRE_REPORT, .session = 1, .counter = 1};
+	mer_wire_hdr_encode(&h, big);
+	/* Over the protocol limit, under nng's: reaches us, counted. */
+	rep = raw_xchg(&r, big, 6000, &rl);
+	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_OVERSIZE));
+	free(rep);
+	T_EQ_INT(srv_stats().rejected[MER_CHAN_R_OVERSIZE], 1);
+	/* Over NNG_OPT_RECVMAXSZ: nng drops it (and the connection). */
+	nng_socket_set_ms(r.s, NNG_OPT_RECVTIMEO, 500);
+	rep = raw_xchg(&r, big, 64 * 1024, &rl);
+	T_EXPECT(rep == NULL);
+	free(rep);
+	free(big);
+	/* A payload over the limit is refused by the client itself. */
+	json_t *pad = json_object();
+	char filler[5000];
+	memset(filler, 'x', sizeof(filler) - 1);
+	filler[sizeof(filler) - 1] = '\0';
+	json_object_set_new(pad, "pad", json_string(filler));
+	T_EQ_INT(mer_link_client_report(F.cli, pad, 0), MER_ETOOBIG);
+	json_decref(pad);
+	/* The broker still serves. */
+	json_t *ok = report(1);
+	T_OK(mer_link_client_report(F.cli, ok, 0));
+	json_decref(ok);
+	nng_close(r.s);
+	fx_stop();
+}
+
+static void test_attack_garbage(void)
+{
+	struct raw r;
+	uint8_t junk[100], *rep;
+	size_t rl;
+
+	T_ASSERT(fx_start(NULL, 0, 0) == 0);
+	T_ASSERT(raw_open(&r) == 0);
+	randombytes_buf(junk, sizeof(junk));
+	junk[0] = 'x';
+	rep = raw_xchg(&r, junk, sizeof(junk), &rl);
+	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_MALFORMED));
+	free(rep);
+	rep = raw_xchg(&r, junk, 0, &rl); /* empty */
+	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_MALFORMED));
+	free(rep);
+	/* Right magic, wrong version. */
+	junk[0] = 'M';
+	junk[1] = 'R';
+	junk[2] = 9;
+	rep = raw_xchg(&r, junk, sizeof(junk), &rl);
+	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_VERSION));
+	free(rep);
+	/* A HELLO of the wrong size. */
+	junk[2] = MER_WIRE_VERSION;
+	junk[3] = MER_WIRE_HELLO;
+	rep = raw_xchg(&r, junk, sizeof(junk), &rl);
+	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_MALFORMED));
+	free(rep);
+	/* A sealed type for a session that does not exist. */
+	junk[3] = MER_WIRE_REPORT;
+	rep = raw_xchg(&r, junk, sizeof(junk), &rl);
+	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_UNKNOWN_SESSION));
+	free(rep);
+	struct mer_link_stats st = srv_stats();
+	T_EQ_INT(st.rejected[MER_CHAN_R_MALFORMED], 3);
+	T_EQ_INT(st.rejected[MER_CHAN_R_VERSION], 1);
+	T_EQ_INT(st.rejected[MER_CHAN_R_UNKNOWN_SESSION], 1);
+	T_EQ_INT(reports_n(&F.reg), 0);
+	nng_close(r.s);
+	fx_stop();
+}
+
+static void test_attack_unjoined_key(void)
+{
+	struct mer_keypair stranger;
+	struct mer_link_client *c = NULL;
+	struct raw r;
+	int status = -1;
+
+	T_ASSERT(fx_start(NULL, 0, 0) == 0);
+	T_OK(mer_keypair_generate(&stranger));
+	T_ASSERT(raw_open(&r) == 0);
+	T_OK(raw_handshake(&r, &stranger, &status));
+	T_EQ_INT(status, MER_EAUTH); /* authenticated refusal */
+	nng_close(r.s);
+	T_ASSERT(fx_client(&F, &stranger, F.fp, &c) == 0);
+	json_t *rp = report(1);
+	T_EQ_INT(mer_link_client_report(c, rp, 0), MER_EAUTH);
+	json_decref(rp);
+	mer_link_client_close(c);
+	struct mer_link_stats st = srv_stats();
+	T_EQ_INT(st.rejected[MER_CHAN_R_UNREGISTERED], 2);
+	T_EQ_INT(st.handshakes_refused, 2);
+	T_EQ_INT(reports_n(&F.reg), 0);
+	fx_stop();
+}
+
+static void test_attack_revoked_key(void)
+{
+	struct mer_link_client *c = NULL;
+	struct poller p = {0};
+	struct raw r;
+	pthread_t th;
+	char **names;
+	uint8_t m[4096], *rep;
+	size_t n, rl;
+	int status = -1;
+
+	T_ASSERT(fx_start(NULL, 0, 0) == 0);
+	json_t *rp = report(1);
+	T_OK(mer_link_client_report(F.cli, rp, 0));
+	/* A second session of the same site, opened before revocation. */
+	T_ASSERT(raw_open(&r) == 0);
+	T_OK(raw_handshake(&r, &F.skey, &status));
+	p.c = F.cli;
+	p.wait_ms = 20000;
+	T_ASSERT(pthread_create(&th, NULL, poll_thread, &p) == 0);
+	t_sleep_ms(200);
+	reg_revoke(&F.reg, "east-1");
+	T_OK(mer_link_server_revoke(F.srv, "east-1"));
+	pthread_join(th, NULL);
+	T_EQ_INT(p.rv, MER_EREVOKED); /* the held poll is cut at once */
+	T_EXPECT(p.ms < 2000);
+	/* The next message on a live session is refused with a sealed
+	 * ERROR (authentic, so the agent may act on it) and counted. */
+	T_OK(raw_seal(&r, MER_WIRE_REPORT, "{\"seq\":9}", m, &n));
+	rep = raw_xchg(&r, m, n, &rl);
+	T_ASSERT(rep != NULL);
+	{
+		uint8_t pt[4096];
+		size_t ptn;
+		int type = 0;
+		T_OK(mer_chan_open(&r.ch, rep, rl, &type, pt, sizeof(pt), &ptn,
+				   NULL));
+		T_EQ_INT(type, MER_WIRE_ERROR);
+		pt[ptn] = '\0';
+		T_CONTAINS((char *)pt, "\"revoked\"");
+	}
+	free(rep);
+	nng_close(r.s);
+	/* Any further message: refused, counted, and the client stops. */
+	T_EQ_INT(mer_link_client_report(F.cli, rp, 0), MER_EREVOKED);
+	T_EQ_INT(mer_link_client_enqueue(F.cli, report(2)), MER_EREVOKED);
+	/* A fresh connection with the revoked key is refused at handshake. */
+	T_ASSERT(fx_client(&F, &F.skey, F.fp, &c) == 0);
+	T_EQ_INT(mer_link_client_report(c, rp, 0), MER_EREVOKED);
+	mer_link_client_close(c);
+	json_decref(rp);
+	struct mer_link_stats st = srv_stats();
+	T_EXPECT(st.rejected[MER_CHAN_R_REVOKED] >= 2);
+	T_EQ_INT(reports_n(&F.reg), 1);
+	T_OK(mer_link_server_sites(F.srv, &names, &n));
+	T_EQ_INT(n, 0);
+	mer_link_names_free(names, n);
+	fx_stop();
+}
+
+static void test_attack_wrong_broker_key(void)
+{
+	struct mer_keypair other;
+	char wrong[MER_KEY_FP_SIZE];
+	struct mer_link_client *c = NULL;
+	struct mer_link_stats cs;
+
+	T_ASSERT(fx_start(NULL, 0, 0) == 0);
+	T_OK(mer_keypair_generate(&other));
+	mer_key_fingerprint(other.pk, wrong);
+	T_ASSERT(fx_client(&F, &F.skey, wrong, &c) == 0);
+	json_t *rp = report(1);
+	T_EQ_INT(mer_link_client_report(c, rp, 0), MER_EAUTH);
+	json_decref(rp);
+	mer_link_client_get_stats(c, &cs);
+	T_EQ_INT(cs.rejected[MER_CHAN_R_BROKER_KEY], 1);
+	T_EQ_INT(cs.handshakes, 0);
+	mer_link_client_close(c);
+	T_EQ_INT(reports_n(&F.reg), 0);
+	fx_stop();
+}
+
+static void test_attack_bad_type_and_payload(void)
+{
+	struct raw r;
+	uint8_t m[4096], *rep;
+	size_t n, rl;
+	int status = -1;
+
+	T_ASSERT(fx_start(NULL, 0, 0) == 0);
+	T_ASSERT(raw_open(&r) == 0);
+	T_OK(raw_handshake(&r, &F.skey, &status));
+	/* A JOIN on a normal session. */
+	T_OK(raw_seal(&r, MER_WIRE_JOIN, "{\"token\":\"x\"}", m, &n));
+	rep = raw_xchg(&r, m, n, &rl);
+	T_EXPECT(rep && !is_notice(rep, rl, MER_CHAN_R_BAD_TYPE));
+	free(rep);
+	/* Not JSON. */
+	T_OK(raw_seal(&r, MER_WIRE_REPORT, "[1,2", m, &n));
+	rep = raw_xchg(&r, m, n, &rl);
+	free(rep);
+	/* A broker-to-agent type sent by an agent. */
+	T_OK(raw_seal(&r, MER_WIRE_ACK, "{}", m, &n));
+	rep = raw_xchg(&r, m, n, &rl);
+	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_BAD_TYPE));
+	free(rep);
+	struct mer_link_stats st = srv_stats();
+	T_EQ_INT(st.rejected[MER_CHAN_R_BAD_TYPE], 2);
+	T_EQ_INT(st.rejected[MER_CHAN_R_BAD_PAYLOAD], 1);
+	T_EQ_INT(reports_n(&F.reg), 0);
+	nng_close(r.s);
+	fx_stop();
+}
+
+/* nng's REQ resend is off: a request whose connection drops is not sent
+ * again by nng (that would replay a sealed message). */
+static void *report_thread(void *arg)
+{
+	struct poller *p = arg;
+	json_t *r = report(1);
+
+	p->rv = mer_link_client_report(p->c, r, 0);
+	json_decref(r);
+	return NULL;
+}
+
+static void test_no_nng_resend(void)
+{
+	nng_socket rep;
+	nng_listener l;
+	nng_msg *first = NULL, *again = NULL;
+	struct mer_keypair k;
+	struct mer_link_client *c = NULL;
+	struct poller p = {0};
+	pthread_t th;
+	char url[128];
+	int port = 0;
+
+	T_OK(mer_keypair_generate(&k));
+	T_ASSERT(nng_rep0_open(&rep) == 0);
+	T_ASSERT(nng_listener_create(&l, rep, "tcp://127.0.0.1:0") == 0);
+	T_ASSERT(nng_listener_start(l, 0) == 0);
+	T_ASSERT(nng_listener_get_int(l, NNG_OPT_TCP_BOUND_PORT, &port) == 0);
+	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", port);
+	snprintf(F.url, sizeof(F.url), "%s", url);
+	mer_key_fingerprint(k.pk, F.fp);
+	T_ASSERT(fx_client(&F, &k, F.fp, &c) == 0);
+	p.c = c;
+	T_ASSERT(pthread_create(&th, NULL, report_thread, &p) == 0);
+	nng_socket_set_ms(rep, NNG_OPT_RECVTIMEO, 3000);
+	T_EXPECT(nng_recvmsg(rep, &first, 0) == 0); /* the HELLO */
+	/* Drop the connection without answering; listen again. */
+	nng_close(rep);
+	T_ASSERT(nng_rep0_open(&rep) == 0);
+	nng_socket_set_ms(rep, NNG_OPT_RECVTIMEO, 1500);
+	T_ASSERT(nng_listen(rep, url, NULL, 0) == 0);
+	pthread_join(th, NULL);
+	T_EQ_INT(p.rv, MER_EUNREACHABLE); /* told, not silently resent */
+	if (nng_recvmsg(rep, &again, 0) == 0) {
+		T_EXPECT(first == NULL ||
+			 nng_msg_len(again) != nng_msg_len(first) ||
+			 memcmp(nng_msg_body(again), nng_msg_body(first),
+				nng_msg_len(first)) != 0);
+		nng_msg_free(again);
+	}
+	if (first)
+		nng_msg_free(first);
+	mer_link_client_close(c);
+	nng_close(rep);
+	memset(&F, 0, sizeof(F));
+}
+
+static const struct t_case cases[] = {
+    {"tcp_roundtrip", test_tcp_roundtrip},
+    {"ipc_roundtrip", test_ipc_roundtrip},
+    {"longpoll_prompt", test_longpoll_prompt},
+    {"report_while_polling", test_report_while_polling},
+    {"rekey_no_loss", test_rekey_no_loss},
+    {"broker_restart", test_broker_restart},
+    {"no_nng_resend", test_no_nng_resend},
+    {"attack_replay", test_attack_replay},
+    {"attack_flip_header", test_attack_flip_header},
+    {"attack_flip_ciphertext", test_attack_flip_ciphertext},
+    {"attack_truncated", test_attack_truncated},
+    {"attack_oversized", test_attack_oversized},
+    {"attack_garbage", test_attack_garbage},
+    {"attack_unjoined_key", test_attack_unjoined_key},
+    {"attack_revoked_key", test_attack_revoked_key},
+    {"attack_wrong_broker_key", test_attack_wrong_broker_key},
+    {"attack_bad_type_and_payload", test_attack_bad_type_and_payload},
+};
+
+T_MAIN("link", cases)
