@@ -70,7 +70,7 @@ vpath %_test.c tests/unit tests/integration
 all: $(PROG_BINS) $(LIBMER)
 
 deps:
-	@deploy/install-deps.sh
+	@deploy/install-deps.sh --with-slurm
 
 $(B)/obj/%.o: %.c
 	@mkdir -p $(dir $@)

@@ -137,6 +137,17 @@ static void reg_init(void)
 	atexit(at_exit_cleanup);
 }
 
+/*
+ * Registered before main() so that at_exit_cleanup, as the first atexit
+ * handler, runs last: a test's own atexit handler (which may still call
+ * t_etcd_free or t_proc_stop on its handles) then runs while those handles
+ * are alive.
+ */
+__attribute__((constructor)) static void reg_init_early(void)
+{
+	pthread_once(&reg_once, reg_init);
+}
+
 static void dir_add(const char *path)
 {
 	if (strlen(path) >= DIR_LEN)
