@@ -281,6 +281,19 @@ static int claim_once(struct mer_membership *m, const struct mer_token *t,
 	}
 	copy_str(site, MER_LINK_NAME_MAX, tok, "site");
 	copy_str(region, MER_LINK_NAME_MAX, tok, "region");
+	/* Keys are single-use too: a key that joined once (revoked since, or
+	 * another site's) can never join again. Say so, and leave the token
+	 * unused. */
+	key_hex(pk, hex);
+	key_of(m, ikey, "site-keys", hex);
+	rv = mer_etcd_get(m->etcd, ikey, strlen(ikey), &kv, NULL);
+	if (rv == 0) {
+		mer_etcd_kv_clear(&kv);
+		rv = MER_ESTATE;
+		goto out;
+	}
+	if (rv != MER_ENOTFOUND)
+		goto out;
 	rv = site_read(m, site, &old, &site_rev);
 	if (rv != 0 && rv != MER_ENOTFOUND)
 		goto out;
@@ -303,8 +316,6 @@ static int claim_once(struct mer_membership *m, const struct mer_token *t,
 		goto out;
 	}
 	key_of(m, skey, "sites", site);
-	key_hex(pk, hex);
-	key_of(m, ikey, "site-keys", hex);
 	{
 		struct mer_etcd_cmp cmps[] = {
 		    {.key = tkey,

@@ -59,8 +59,10 @@ int mer_membership_token_get(struct mer_membership *m, const char *id,
  * the token used and records the site, guarded by the token's and the
  * site's mod_revision, so of two racing joins exactly one wins. Errors:
  * MER_EPARSE malformed token, MER_ENOTFOUND unknown id or wrong secret,
- * MER_EEXPIRED, MER_EUSED (used before, or lost the race), MER_EEXIST (the
- * site exists and is not revoked), MER_EUNREACHABLE etc. from etcd.
+ * MER_EEXPIRED, MER_EUSED (used before, or lost the race), MER_ESTATE (pk
+ * joined before: every join needs a new key; the token stays unused),
+ * MER_EEXIST (the site exists and is not revoked), MER_EUNREACHABLE etc.
+ * from etcd.
  * On success site and region are filled.
  */
 int mer_membership_join(struct mer_membership *m, const char *token,

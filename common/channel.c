@@ -274,15 +274,40 @@ static void make_nonce(uint8_t nonce[24], uint64_t session, int dir,
 	mer_wire_put_u64(nonce + 16, counter);
 }
 
-int mer_chan_seal(struct mer_chan_session *s, int type, const uint8_t *payload,
-		  size_t len, uint8_t *out, size_t cap, size_t *outlen)
+static int is_request(int type)
+{
+	return type == MER_WIRE_REPORT || type == MER_WIRE_POLL ||
+	       type == MER_WIRE_JOIN;
+}
+
+static int is_reply(int type)
+{
+	return type == MER_WIRE_ACK || type == MER_WIRE_COMMANDS ||
+	       type == MER_WIRE_ERROR;
+}
+
+/* The AEAD's associated data: the header, and for a reply also the header
+ * of the request it answers (PROTOCOL.md §5), so that a reply sealed for
+ * one request never opens as the answer to another. */
+static size_t make_ad(uint8_t ad[2 * MER_WIRE_HDR_LEN], const uint8_t *hdr,
+		      const uint8_t *req)
+{
+	memcpy(ad, hdr, MER_WIRE_HDR_LEN);
+	if (!req)
+		return MER_WIRE_HDR_LEN;
+	memcpy(ad + MER_WIRE_HDR_LEN, req, MER_WIRE_HDR_LEN);
+	return 2 * MER_WIRE_HDR_LEN;
+}
+
+static int seal(struct mer_chan_session *s, int type, const uint8_t *req,
+		const uint8_t *payload, size_t len, uint8_t *out, size_t cap,
+		size_t *outlen)
 {
 	struct mer_wire_hdr h;
-	uint8_t nonce[24];
+	uint8_t nonce[24], ad[2 * MER_WIRE_HDR_LEN];
 	unsigned long long clen = 0;
+	size_t adlen;
 
-	if (!mer_wire_type_sealed(type))
-		return MER_EINVAL;
 	if (cap < MER_WIRE_OVERHEAD || len > cap - MER_WIRE_OVERHEAD)
 		return MER_ETOOBIG;
 	if (s->tx_counter == UINT64_MAX)
@@ -291,16 +316,35 @@ int mer_chan_seal(struct mer_chan_session *s, int type, const uint8_t *payload,
 	h.session = s->id;
 	h.counter = s->tx_counter + 1;
 	mer_wire_hdr_encode(&h, out);
+	adlen = make_ad(ad, out, req);
 	make_nonce(nonce, s->id, s->side == MER_CHAN_AGENT ? DIR_A2B : DIR_B2A,
 		   h.counter);
 	if (crypto_aead_xchacha20poly1305_ietf_encrypt(
-		out + MER_WIRE_HDR_LEN, &clen, payload, len, out,
-		MER_WIRE_HDR_LEN, NULL, nonce, s->tx_key) != 0)
+		out + MER_WIRE_HDR_LEN, &clen, payload, len, ad, adlen, NULL,
+		nonce, s->tx_key) != 0)
 		return MER_ECRYPTO;
 	s->tx_counter = h.counter;
 	s->messages++;
 	*outlen = MER_WIRE_HDR_LEN + (size_t)clen;
 	return 0;
+}
+
+int mer_chan_seal(struct mer_chan_session *s, int type, const uint8_t *payload,
+		  size_t len, uint8_t *out, size_t cap, size_t *outlen)
+{
+	if (s->side != MER_CHAN_AGENT || !is_request(type))
+		return MER_EINVAL;
+	return seal(s, type, NULL, payload, len, out, cap, outlen);
+}
+
+int mer_chan_seal_reply(struct mer_chan_session *s, int type,
+			const uint8_t req[MER_WIRE_HDR_LEN],
+			const uint8_t *payload, size_t len, uint8_t *out,
+			size_t cap, size_t *outlen)
+{
+	if (s->side != MER_CHAN_BROKER || !is_reply(type) || !req)
+		return MER_EINVAL;
+	return seal(s, type, req, payload, len, out, cap, outlen);
 }
 
 /* Replay window check (no update): 0, or the reason. */
@@ -331,13 +375,14 @@ static void window_update(struct mer_chan_session *s, uint64_t ctr)
 	}
 }
 
-int mer_chan_open(struct mer_chan_session *s, const uint8_t *msg, size_t len,
-		  int *type, uint8_t *out, size_t cap, size_t *outlen,
-		  int *reason)
+static int open_msg(struct mer_chan_session *s, const uint8_t *msg, size_t len,
+		    const uint8_t *req, int *type, uint8_t *out, size_t cap,
+		    size_t *outlen, int *reason)
 {
 	struct mer_wire_hdr h;
-	uint8_t nonce[24];
+	uint8_t nonce[24], ad[2 * MER_WIRE_HDR_LEN];
 	unsigned long long plen = 0;
+	size_t adlen;
 	int rv, w;
 
 	rv = mer_wire_hdr_decode(msg, len, &h);
@@ -349,6 +394,10 @@ int mer_chan_open(struct mer_chan_session *s, const uint8_t *msg, size_t len,
 	}
 	if (!mer_wire_type_sealed(h.type) || h.counter == 0) {
 		set_reason(reason, MER_CHAN_R_MALFORMED);
+		return MER_EPARSE;
+	}
+	if (req ? !is_reply(h.type) : !is_request(h.type)) {
+		set_reason(reason, MER_CHAN_R_BAD_TYPE);
 		return MER_EPARSE;
 	}
 	if (len < MER_WIRE_OVERHEAD) {
@@ -368,12 +417,12 @@ int mer_chan_open(struct mer_chan_session *s, const uint8_t *msg, size_t len,
 		set_reason(reason, w);
 		return MER_EREPLAY;
 	}
+	adlen = make_ad(ad, msg, req);
 	make_nonce(nonce, s->id, s->side == MER_CHAN_AGENT ? DIR_B2A : DIR_A2B,
 		   h.counter);
 	if (crypto_aead_xchacha20poly1305_ietf_decrypt(
 		out, &plen, NULL, msg + MER_WIRE_HDR_LEN,
-		len - MER_WIRE_HDR_LEN, msg, MER_WIRE_HDR_LEN, nonce,
-		s->rx_key) != 0) {
+		len - MER_WIRE_HDR_LEN, ad, adlen, nonce, s->rx_key) != 0) {
 		set_reason(reason, MER_CHAN_R_AUTH_FAILED);
 		return MER_ECRYPTO;
 	}
@@ -382,6 +431,29 @@ int mer_chan_open(struct mer_chan_session *s, const uint8_t *msg, size_t len,
 	*type = h.type;
 	*outlen = (size_t)plen;
 	return 0;
+}
+
+int mer_chan_open(struct mer_chan_session *s, const uint8_t *msg, size_t len,
+		  int *type, uint8_t *out, size_t cap, size_t *outlen,
+		  int *reason)
+{
+	if (s->side != MER_CHAN_BROKER) {
+		set_reason(reason, MER_CHAN_R_BAD_TYPE);
+		return MER_EINVAL;
+	}
+	return open_msg(s, msg, len, NULL, type, out, cap, outlen, reason);
+}
+
+int mer_chan_open_reply(struct mer_chan_session *s, const uint8_t *msg,
+			size_t len, const uint8_t req[MER_WIRE_HDR_LEN],
+			int *type, uint8_t *out, size_t cap, size_t *outlen,
+			int *reason)
+{
+	if (s->side != MER_CHAN_AGENT || !req) {
+		set_reason(reason, MER_CHAN_R_BAD_TYPE);
+		return MER_EINVAL;
+	}
+	return open_msg(s, msg, len, req, type, out, cap, outlen, reason);
 }
 
 void mer_chan_notice_make(uint16_t code, uint8_t reason,

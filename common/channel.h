@@ -129,28 +129,61 @@ int mer_chan_welcome_make(const struct mer_keypair *broker,
 /* ---- sealed messages ---- */
 
 /*
- * Seals payload (len bytes) as a message of the given type into out
- * (capacity cap; needs len + MER_WIRE_OVERHEAD), using the next counter.
- * MER_ETOOBIG when out is too small, MER_EINVAL for a type that is not
- * sealed, MER_EEXPIRED when the counter space is used up.
+ * Requests (REPORT, POLL, JOIN) go agent to broker; replies (ACK, COMMANDS,
+ * ERROR) go broker to agent, and a reply is bound to the request it answers:
+ * its associated data is its own header followed by the request's header
+ * (PROTOCOL.md §5), so a reply cannot be passed off as the answer to
+ * another request. Using the wrong function for a side or a type is
+ * MER_EINVAL.
+ */
+
+/*
+ * Agent side: seals payload (len bytes) as a request of the given type into
+ * out (capacity cap; needs len + MER_WIRE_OVERHEAD), using the next counter.
+ * MER_ETOOBIG when out is too small, MER_EINVAL for a type that is not a
+ * request or a broker session, MER_EEXPIRED when the counter space is used
+ * up.
  */
 int mer_chan_seal(struct mer_chan_session *s, int type, const uint8_t *payload,
 		  size_t len, uint8_t *out, size_t cap, size_t *outlen) MER_WUR;
 
 /*
- * Authenticates and decrypts msg into out (capacity cap; needs len -
- * MER_WIRE_OVERHEAD). On success *type is the message type and *outlen the
- * payload length, and the replay window moves. On failure nothing in s
- * changes and *reason (may be NULL) is set:
- *   MER_EPARSE    malformed, truncated, not a sealed type
+ * Broker side: seals a reply of the given type to the request whose header
+ * (the first MER_WIRE_HDR_LEN bytes of the request as received) is req.
+ * Errors as mer_chan_seal.
+ */
+int mer_chan_seal_reply(struct mer_chan_session *s, int type,
+			const uint8_t req[MER_WIRE_HDR_LEN],
+			const uint8_t *payload, size_t len, uint8_t *out,
+			size_t cap, size_t *outlen) MER_WUR;
+
+/*
+ * Broker side: authenticates and decrypts a request msg into out (capacity
+ * cap; needs len - MER_WIRE_OVERHEAD). On success *type is the message type
+ * and *outlen the payload length, and the replay window moves. On failure
+ * nothing in s changes and *reason (may be NULL) is set:
+ *   MER_EPARSE    malformed, truncated, not a sealed type, bad_type (a
+ *                 reply type where a request is wanted, or the reverse)
  *   MER_ENOTFOUND the header's session id is not s->id
  *   MER_EREPLAY   replay, out_of_window
  *   MER_ECRYPTO   auth_failed (tampered header or body)
  *   MER_ETOOBIG   out too small
+ *   MER_EINVAL    s is an agent session (use mer_chan_open_reply)
  */
 int mer_chan_open(struct mer_chan_session *s, const uint8_t *msg, size_t len,
 		  int *type, uint8_t *out, size_t cap, size_t *outlen,
 		  int *reason) MER_WUR;
+
+/*
+ * Agent side: opens a reply to the request whose header (the first
+ * MER_WIRE_HDR_LEN bytes of the request as sent) is req. A reply sealed for
+ * any other request fails with MER_ECRYPTO (auth_failed). Otherwise as
+ * mer_chan_open.
+ */
+int mer_chan_open_reply(struct mer_chan_session *s, const uint8_t *msg,
+			size_t len, const uint8_t req[MER_WIRE_HDR_LEN],
+			int *type, uint8_t *out, size_t cap, size_t *outlen,
+			int *reason) MER_WUR;
 
 /* ---- plaintext NOTICE (unauthenticated errors) ---- */
 

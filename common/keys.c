@@ -103,14 +103,15 @@ int mer_keypair_save(const char *path, const struct mer_keypair *kp, char *err,
 		     size_t errlen)
 {
 	char buf[KEY_FILE_MAX], sk64[MER_KEY_B64_SIZE], pk64[MER_KEY_B64_SIZE];
-	int fd, rv = MER_EIO, n;
+	int fd, rv = MER_EIO, n, saved;
 
 	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
 		  0600);
 	if (fd < 0) {
+		int e = errno; /* set_err's snprintf may change errno */
 		set_err(err, errlen, "cannot create key file %s: %s", path,
-			strerror(errno));
-		return errno == EEXIST ? MER_EEXIST : MER_EIO;
+			strerror(e));
+		return e == EEXIST ? MER_EEXIST : MER_EIO;
 	}
 	/* The umask can only narrow 0600, but a file created by someone
 	 * else's umask-less helper should not be trusted: set it outright. */
@@ -132,9 +133,10 @@ int mer_keypair_save(const char *path, const struct mer_keypair *kp, char *err,
 	return 0;
 
 out_unlink:
+	saved = errno;
 	sodium_memzero(buf, sizeof(buf));
 	set_err(err, errlen, "cannot write key file %s: %s", path,
-		strerror(errno));
+		strerror(saved));
 	if (fd >= 0)
 		close(fd);
 	unlink(path);
@@ -149,15 +151,16 @@ int mer_keypair_load(const char *path, struct mer_keypair *kp, char *err,
 	struct stat st;
 	ssize_t n;
 	size_t len;
-	int fd, rv = MER_EPARSE;
+	int fd, rv = MER_EPARSE, saved;
 
 	if (sodium_init() < 0)
 		return MER_ECRYPTO;
 	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0) {
+		int e = errno; /* set_err's snprintf may change errno */
 		set_err(err, errlen, "cannot open key file %s: %s", path,
-			strerror(errno));
-		return errno == ENOENT ? MER_ENOTFOUND : MER_EIO;
+			strerror(e));
+		return e == ENOENT ? MER_ENOTFOUND : MER_EIO;
 	}
 	/* fstat on the open descriptor: no window between check and read. */
 	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -165,6 +168,17 @@ int mer_keypair_load(const char *path, struct mer_keypair *kp, char *err,
 			"not a regular file");
 		close(fd);
 		return MER_EIO;
+	}
+	/* Someone else's file could have been planted for us to use. */
+	if (st.st_uid != geteuid()) {
+		if (err && errlen)
+			snprintf(err, errlen,
+				 "key file %s is owned by uid %u, not by this "
+				 "user (uid %u): refusing to use it",
+				 path, (unsigned)st.st_uid,
+				 (unsigned)geteuid());
+		close(fd);
+		return MER_EPERM;
 	}
 	if (st.st_mode & 077) {
 		if (err && errlen)
@@ -177,10 +191,11 @@ int mer_keypair_load(const char *path, struct mer_keypair *kp, char *err,
 		return MER_EPERM;
 	}
 	n = read(fd, buf, sizeof(buf) - 1);
+	saved = errno;
 	close(fd);
 	if (n <= 0) {
 		set_err(err, errlen, "cannot read key file %s: %s", path,
-			n < 0 ? strerror(errno) : "empty file");
+			n < 0 ? strerror(saved) : "empty file");
 		return MER_EIO;
 	}
 	buf[n] = '\0';

@@ -12,6 +12,7 @@
 #include "link.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/protocol/reqrep0/req.h>
@@ -29,6 +30,8 @@
 
 #define NBUCKETS 1024
 #define MAX_UNCONFIRMED 4096
+#define SITE_UNCONFIRMED 4 /* per site key: replayed HELLOs stay local */
+#define MAX_JOIN_SESSIONS 64
 #define UNCONFIRMED_TTL_MS 30000
 #define SITE_SESSIONS 2
 #define GC_EVERY_MS 1000
@@ -89,10 +92,11 @@ static json_t *parse_object(const uint8_t *text, size_t len)
 	return v;
 }
 
-/* Seals text as a message of type into a new nng message. The caller holds
- * the session's lock. */
-static int seal_msg(struct mer_chan_session *ch, int type, const char *text,
-		    size_t len, nng_msg **out)
+/* Seals text as a message of type into a new nng message: a request
+ * (req NULL, agent side) or the reply to the request whose header is req
+ * (broker side). The caller holds the session's lock. */
+static int seal_msg(struct mer_chan_session *ch, int type, const uint8_t *req,
+		    const char *text, size_t len, nng_msg **out)
 {
 	nng_msg *m;
 	size_t n = 0;
@@ -100,8 +104,14 @@ static int seal_msg(struct mer_chan_session *ch, int type, const char *text,
 
 	if (nng_msg_alloc(&m, len + MER_WIRE_OVERHEAD) != 0)
 		return MER_ENOMEM;
-	rv = mer_chan_seal(ch, type, (const uint8_t *)text, len,
-			   nng_msg_body(m), len + MER_WIRE_OVERHEAD, &n);
+	if (req)
+		rv = mer_chan_seal_reply(ch, type, req, (const uint8_t *)text,
+					 len, nng_msg_body(m),
+					 len + MER_WIRE_OVERHEAD, &n);
+	else
+		rv =
+		    mer_chan_seal(ch, type, (const uint8_t *)text, len,
+				  nng_msg_body(m), len + MER_WIRE_OVERHEAD, &n);
 	if (rv != 0) {
 		nng_msg_free(m);
 		return rv;
@@ -137,7 +147,9 @@ struct site {
 	struct worker *parked;
 	struct ssess *conf[SITE_SESSIONS]; /* confirmed, oldest first */
 	int nconf;
+	int nunconf; /* unconfirmed sessions of this site */
 	int revoked;
+	uint64_t revoked_gen; /* srv->revoke_gen when it was revoked */
 	struct site *next;
 };
 
@@ -152,6 +164,7 @@ struct ssess {
 	struct site *site; /* NULL for join sessions */
 	int64_t created_ms;
 	int64_t last_ms;
+	uint64_t seq; /* insertion order: "oldest" without clock ties */
 	struct ssess *hnext;
 };
 
@@ -170,6 +183,7 @@ struct worker {
 	struct ssess *sess;
 	struct site *site;
 	int wait_ms;
+	uint8_t req[MER_WIRE_HDR_LEN]; /* header of the held poll */
 	struct worker *next_all;
 	struct worker *next_spare;
 };
@@ -196,7 +210,10 @@ struct mer_link_server {
 	int parked;
 	struct ssess *buckets[NBUCKETS];
 	size_t nsess;
-	size_t nunconf;
+	size_t nunconf; /* unconfirmed, not join */
+	size_t njoin;	/* join sessions (never confirmed) */
+	uint64_t next_seq;
+	uint64_t revoke_gen; /* bumped by every mer_link_server_revoke */
 	struct site *sites;
 	int64_t last_gc;
 	int stopping;
@@ -282,8 +299,13 @@ static void sess_remove_locked(struct mer_link_server *srv, struct ssess *s)
 		*pp = s->hnext;
 	s->in_table = 0;
 	srv->nsess--;
-	if (!s->confirmed)
+	if (s->join) {
+		srv->njoin--;
+	} else if (!s->confirmed) {
 		srv->nunconf--;
+		if (s->site)
+			s->site->nunconf--;
+	}
 	if (s->site) {
 		struct site *st = s->site;
 		for (int i = 0; i < st->nconf; i++) {
@@ -328,25 +350,39 @@ static void gc_locked(struct mer_link_server *srv, int64_t now)
 	srv->st.sessions = srv->nsess;
 }
 
-static void evict_oldest_unconfirmed_locked(struct mer_link_server *srv)
+/* Drops the oldest unconfirmed session of one kind: join sessions (join
+ * set), or normal ones of one site (st), or normal ones of any site. */
+static void evict_oldest_locked(struct mer_link_server *srv, int join,
+				const struct site *st)
 {
 	struct ssess *old = NULL;
 
 	for (size_t b = 0; b < NBUCKETS; b++)
 		for (struct ssess *s = srv->buckets[b]; s; s = s->hnext)
-			if (!s->confirmed &&
-			    (!old || s->created_ms < old->created_ms))
+			if (!s->confirmed && s->join == join &&
+			    (!st || s->site == st) &&
+			    (!old || s->seq < old->seq))
 				old = s;
 	if (old)
 		sess_remove_locked(srv, old);
 }
 
+/* Separate caps (PROTOCOL.md §6): join sessions cost an attacker nothing
+ * to open, and HELLOs replayed for one site key should only ever push out
+ * that site's own unconfirmed sessions, never everyone's. */
 static void sess_insert_locked(struct mer_link_server *srv, struct ssess *s)
 {
 	size_t b;
 
-	if (srv->nunconf >= MAX_UNCONFIRMED)
-		evict_oldest_unconfirmed_locked(srv);
+	if (s->join) {
+		if (srv->njoin >= MAX_JOIN_SESSIONS)
+			evict_oldest_locked(srv, 1, NULL);
+	} else {
+		if (s->site && s->site->nunconf >= SITE_UNCONFIRMED)
+			evict_oldest_locked(srv, 0, s->site);
+		if (srv->nunconf >= MAX_UNCONFIRMED)
+			evict_oldest_locked(srv, 0, NULL);
+	}
 	do {
 		randombytes_buf(&s->ch.id, sizeof(s->ch.id));
 	} while (s->ch.id == 0 || sess_lookup_locked(srv, s->ch.id));
@@ -354,23 +390,33 @@ static void sess_insert_locked(struct mer_link_server *srv, struct ssess *s)
 	s->hnext = srv->buckets[b];
 	srv->buckets[b] = s;
 	s->in_table = 1;
+	s->seq = ++srv->next_seq;
 	s->refs++;
 	srv->nsess++;
-	srv->nunconf++;
+	if (s->join) {
+		srv->njoin++;
+	} else {
+		srv->nunconf++;
+		if (s->site)
+			s->site->nunconf++;
+	}
 	srv->st.sessions = srv->nsess;
 }
 
-/* First authentic message on a session: it now counts as the site's. */
+/* First authentic message on a session: it now counts as the site's. A
+ * session dropped from the table meanwhile (evicted while its message was
+ * being opened) stays dropped, and join sessions are never confirmed. */
 static void sess_confirm_locked(struct mer_link_server *srv, struct ssess *s)
 {
 	struct site *st = s->site;
 
-	if (s->confirmed)
+	if (s->confirmed || !s->in_table || s->join)
 		return;
 	s->confirmed = 1;
 	srv->nunconf--;
 	if (!st)
 		return;
+	st->nunconf--;
 	if (st->nconf == SITE_SESSIONS)
 		sess_remove_locked(srv, st->conf[0]);
 	st->conf[st->nconf++] = s;
@@ -422,9 +468,11 @@ static int reason_code(int reason)
 	return MER_EPARSE;
 }
 
-/* Seals a reply (JSON text, or an ERROR for code != 0). */
+/* Seals the reply to the request whose header is req (JSON text, or an
+ * ERROR for code != 0). */
 static nng_msg *sealed_reply(struct mer_link_server *srv, struct ssess *s,
-			     int type, const char *text, int code)
+			     const uint8_t *req, int type, const char *text,
+			     int code)
 {
 	nng_msg *m = NULL;
 	char *err = NULL;
@@ -438,7 +486,7 @@ static nng_msg *sealed_reply(struct mer_link_server *srv, struct ssess *s,
 		type = MER_WIRE_ERROR;
 	}
 	pthread_mutex_lock(&s->mu);
-	rv = seal_msg(&s->ch, type, text, strlen(text), &m);
+	rv = seal_msg(&s->ch, type, req, text, strlen(text), &m);
 	pthread_mutex_unlock(&s->mu);
 	free(err);
 	if (rv != 0)
@@ -457,6 +505,7 @@ static nng_msg *handle_hello(struct mer_link_server *srv, const uint8_t *body,
 	char fp[MER_KEY_FP_SIZE];
 	struct ssess *s = NULL;
 	nng_msg *m;
+	uint64_t gen0;
 	int status = 0, reason = -1, rv;
 
 	if (mer_chan_hello_parse(body, len, &info) != 0) {
@@ -464,6 +513,10 @@ static nng_msg *handle_hello(struct mer_link_server *srv, const uint8_t *body,
 		return notice(MER_EPARSE, MER_CHAN_R_MALFORMED);
 	}
 	mer_key_fingerprint(info.agent_pk, fp);
+	/* Revocations from here on may not be seen by check_key below. */
+	pthread_mutex_lock(&srv->mu);
+	gen0 = srv->revoke_gen;
+	pthread_mutex_unlock(&srv->mu);
 	if (info.join) {
 		if (!srv->ops.join)
 			status = MER_EUNSUPPORTED;
@@ -493,19 +546,32 @@ static nng_msg *handle_hello(struct mer_link_server *srv, const uint8_t *body,
 		gc_locked(srv, s->created_ms);
 		if (!info.join) {
 			s->site = site_get(srv, site);
-			if (s->site && s->site->revoked) {
-				/* check_key says the site is good again: it
-				 * joined anew with a new key. */
-				s->site->revoked = 0;
+			if (!s->site) {
+				pthread_mutex_unlock(&srv->mu);
+				sess_free(s);
+				return notice(MER_ENOMEM, MER_CHAN_R_MALFORMED);
 			}
 		}
-		if (!info.join && !s->site) {
+		if (s->site && s->site->revoked &&
+		    s->site->revoked_gen > gen0) {
+			/* Revoked while check_key ran: its answer may be
+			 * stale. Refuse; the agent retries and the next
+			 * check sees the revocation (or a new key). */
 			pthread_mutex_unlock(&srv->mu);
 			sess_free(s);
-			return notice(MER_ENOMEM, MER_CHAN_R_MALFORMED);
+			s = NULL;
+			status = MER_EBUSY;
+		} else {
+			if (s->site && s->site->revoked) {
+				/* Revoked before check_key started, which
+				 * still says yes: the site joined again with
+				 * a new key (the broker makes a revocation
+				 * durable before calling revoke). */
+				s->site->revoked = 0;
+			}
+			sess_insert_locked(srv, s);
+			pthread_mutex_unlock(&srv->mu);
 		}
-		sess_insert_locked(srv, s);
-		pthread_mutex_unlock(&srv->mu);
 	}
 	if (nng_msg_alloc(&m, MER_CHAN_WELCOME_LEN) != 0) {
 		m = NULL;
@@ -557,7 +623,7 @@ out:
 }
 
 static nng_msg *handle_report(struct mer_link_server *srv, struct ssess *s,
-			      json_t *obj)
+			      const uint8_t *req, json_t *obj)
 {
 	int rv = srv->ops.report(srv->ops.arg, s->site->name, obj);
 
@@ -566,11 +632,11 @@ static nng_msg *handle_report(struct mer_link_server *srv, struct ssess *s,
 		srv->st.reports++;
 		pthread_mutex_unlock(&srv->mu);
 	}
-	return sealed_reply(srv, s, MER_WIRE_ACK, "{}", rv);
+	return sealed_reply(srv, s, req, MER_WIRE_ACK, "{}", rv);
 }
 
 static nng_msg *handle_join(struct mer_link_server *srv, struct ssess *s,
-			    json_t *obj)
+			    const uint8_t *req, json_t *obj)
 {
 	char site[MER_LINK_NAME_MAX] = "", region[MER_LINK_NAME_MAX] = "";
 	char redacted[96], fp[MER_KEY_FP_SIZE];
@@ -587,7 +653,10 @@ static nng_msg *handle_join(struct mer_link_server *srv, struct ssess *s,
 				 sizeof(redacted));
 		rv = srv->ops.join(srv->ops.arg, json_string_value(tok),
 				   s->ch.peer_pk, site, region);
-		/* jansson frees without wiping: clear the secret in place. */
+		/* jansson frees without wiping: clear the secret in place.
+		 * Copies made while parsing (jansson's lexer buffer, freed
+		 * unwiped) are out of our reach; the plaintext buffer itself
+		 * is wiped by handle(). */
 		sodium_memzero((char *)json_string_value(tok),
 			       json_string_length(tok));
 	}
@@ -614,12 +683,8 @@ static nng_msg *handle_join(struct mer_link_server *srv, struct ssess *s,
 	else
 		mer_warn("join refused", "fingerprint=%s token_id=%s error=%s",
 			 fp, redacted, mer_errname(rv));
-	m = sealed_reply(srv, s, MER_WIRE_ACK, text ? text : "{}", rv);
+	m = sealed_reply(srv, s, req, MER_WIRE_ACK, text ? text : "{}", rv);
 	free(text);
-	/* A join session carries exactly one message. */
-	pthread_mutex_lock(&srv->mu);
-	sess_remove_locked(srv, s);
-	pthread_mutex_unlock(&srv->mu);
 	return m;
 }
 
@@ -667,8 +732,8 @@ static void ack_commands_locked(struct site *st, json_t *acks)
 static int spawn_worker(struct mer_link_server *srv, int start_recv);
 
 /* Returns a reply now, or NULL when the poll is held (w then owns s). */
-static nng_msg *handle_poll(struct worker *w, struct ssess *s, json_t *obj,
-			    int *held)
+static nng_msg *handle_poll(struct worker *w, struct ssess *s,
+			    const uint8_t *req, json_t *obj, int *held)
 {
 	struct mer_link_server *srv = w->srv;
 	struct site *st = s->site;
@@ -694,7 +759,7 @@ static nng_msg *handle_poll(struct worker *w, struct ssess *s, json_t *obj,
 	    srv->stopping) {
 		text = commands_text_locked(srv, st);
 		pthread_mutex_unlock(&srv->mu);
-		m = sealed_reply(srv, s, MER_WIRE_COMMANDS,
+		m = sealed_reply(srv, s, req, MER_WIRE_COMMANDS,
 				 text ? text : "{\"commands\":[]}", 0);
 		free(text);
 		return m;
@@ -709,6 +774,7 @@ static nng_msg *handle_poll(struct worker *w, struct ssess *s, json_t *obj,
 	w->site = st;
 	w->wake = 0;
 	w->wait_ms = wait_ms;
+	memcpy(w->req, req, MER_WIRE_HDR_LEN);
 	srv->parked++;
 	if (w->in_pool) {
 		w->in_pool = 0;
@@ -758,7 +824,7 @@ static nng_msg *handle(struct worker *w, nng_msg *req, int *held_out)
 	struct mer_wire_hdr h;
 	struct ssess *s;
 	uint8_t *pt = NULL;
-	size_t ptlen = 0;
+	size_t ptlen = 0, ptcap = 0;
 	uint64_t messages;
 	json_t *obj = NULL;
 	nng_msg *m = NULL;
@@ -796,7 +862,8 @@ static nng_msg *handle(struct worker *w, nng_msg *req, int *held_out)
 				: MER_CHAN_R_UNKNOWN_SESSION);
 		return notice(MER_ENOTFOUND, MER_CHAN_R_UNKNOWN_SESSION);
 	}
-	pt = malloc(len > MER_WIRE_OVERHEAD ? len - MER_WIRE_OVERHEAD : 1);
+	ptcap = len > MER_WIRE_OVERHEAD ? len - MER_WIRE_OVERHEAD : 1;
+	pt = malloc(ptcap);
 	if (!pt) {
 		m = notice(MER_ENOMEM, MER_CHAN_R_MALFORMED);
 		goto out;
@@ -814,7 +881,17 @@ static nng_msg *handle(struct worker *w, nng_msg *req, int *held_out)
 		goto out;
 	}
 	pthread_mutex_lock(&srv->mu);
+	if (!s->in_table) {
+		/* Dropped (evicted, expired, or a join session already used)
+		 * while we were opening: as if it had never existed. */
+		pthread_mutex_unlock(&srv->mu);
+		reject(srv, MER_CHAN_R_UNKNOWN_SESSION);
+		m = notice(MER_ENOTFOUND, MER_CHAN_R_UNKNOWN_SESSION);
+		goto out;
+	}
 	srv->st.messages_in++;
+	if (s->join) /* single use: whatever the message is (§4) */
+		sess_remove_locked(srv, s);
 	revoked = s->revoked || (s->site && s->site->revoked);
 	expired = sess_expired(srv, s, now, messages);
 	if (!revoked && !expired) {
@@ -827,35 +904,39 @@ static nng_msg *handle(struct worker *w, nng_msg *req, int *held_out)
 	if (revoked || expired) {
 		reason = revoked ? MER_CHAN_R_REVOKED : MER_CHAN_R_EXPIRED;
 		reject(srv, reason);
-		m = sealed_reply(srv, s, 0, NULL, reason_code(reason));
+		m = sealed_reply(srv, s, body, 0, NULL, reason_code(reason));
 		goto out;
 	}
 	if ((s->join && type != MER_WIRE_JOIN) ||
 	    (!s->join && type == MER_WIRE_JOIN)) {
 		reject(srv, MER_CHAN_R_BAD_TYPE);
-		m = sealed_reply(srv, s, 0, NULL, MER_EPROTO);
+		m = sealed_reply(srv, s, body, 0, NULL, MER_EPROTO);
 		goto out;
 	}
 	obj = parse_object(pt, ptlen);
 	sodium_memzero(pt, ptlen);
 	if (!obj) {
 		reject(srv, MER_CHAN_R_BAD_PAYLOAD);
-		m = sealed_reply(srv, s, 0, NULL, MER_EPARSE);
+		m = sealed_reply(srv, s, body, 0, NULL, MER_EPARSE);
 		goto out;
 	}
 	switch (type) {
 	case MER_WIRE_REPORT:
-		m = handle_report(srv, s, obj);
+		m = handle_report(srv, s, body, obj);
 		break;
 	case MER_WIRE_JOIN:
-		m = handle_join(srv, s, obj);
+		m = handle_join(srv, s, body, obj);
 		break;
 	case MER_WIRE_POLL:
-		m = handle_poll(w, s, obj, &held);
+		m = handle_poll(w, s, body, obj, &held);
 		break;
 	}
 out:
 	json_decref(obj);
+	/* Every path, including refusals before parsing: a JOIN's plaintext
+	 * holds the token secret. */
+	if (pt)
+		sodium_memzero(pt, ptcap);
 	free(pt);
 	if (held)
 		*held_out = 1;
@@ -960,9 +1041,9 @@ static void timer_cb(void *arg)
 	pthread_mutex_unlock(&srv->mu);
 
 	if (revoked)
-		m = sealed_reply(srv, s, 0, NULL, MER_EREVOKED);
+		m = sealed_reply(srv, s, w->req, 0, NULL, MER_EREVOKED);
 	else
-		m = sealed_reply(srv, s, MER_WIRE_COMMANDS,
+		m = sealed_reply(srv, s, w->req, MER_WIRE_COMMANDS,
 				 text ? text : "{\"commands\":[]}", 0);
 	free(text);
 	sess_unref(srv, s);
@@ -1273,6 +1354,7 @@ int mer_link_server_revoke(struct mer_link_server *srv, const char *site)
 		return MER_ENOMEM;
 	}
 	st->revoked = 1;
+	st->revoked_gen = ++srv->revoke_gen;
 	cmds_free(st->cmds);
 	st->cmds = NULL;
 	for (size_t b = 0; b < NBUCKETS; b++)
@@ -1338,6 +1420,7 @@ struct mer_link_client {
 	int handshaking;
 	int revoked;
 	int closing;
+	int active;   /* public calls in flight (client_enter) */
 	json_t *acks; /* ids to acknowledge with the next poll */
 	struct xchg *free_x;
 	struct obox *head;
@@ -1445,8 +1528,10 @@ out:
 	return from_nng(rv);
 }
 
-/* HELLO/WELCOME. On success *out holds one reference for the caller. */
-static int handshake(struct mer_link_client *c, int join, struct csess **out)
+/* HELLO/WELCOME. On success *out holds one reference for the caller.
+ * *final as for call(): set for a refusal authenticated by the WELCOME. */
+static int handshake(struct mer_link_client *c, int join, struct csess **out,
+		     int *final)
 {
 	struct mer_chan_hello hs;
 	struct csess *s = NULL;
@@ -1456,6 +1541,7 @@ static int handshake(struct mer_link_client *c, int join, struct csess **out)
 	uint8_t nreason;
 
 	*out = NULL;
+	*final = 0;
 	rv = mer_chan_hello_make(&hs, &c->key, join);
 	if (rv != 0)
 		return rv;
@@ -1469,7 +1555,10 @@ static int handshake(struct mer_link_client *c, int join, struct csess **out)
 		goto out;
 	if (mer_chan_notice_parse(nng_msg_body(rep), nng_msg_len(rep), &code,
 				  &nreason) == 0) {
-		rv = code ? code : MER_EPROTO;
+		/* Unauthenticated: transient whatever it says (§8). */
+		mer_debug("link notice from broker", "url=%s code=%s", c->url,
+			  mer_errname(code));
+		rv = MER_EBUSY;
 		goto out;
 	}
 	s = calloc(1, sizeof(*s));
@@ -1491,6 +1580,7 @@ static int handshake(struct mer_link_client *c, int join, struct csess **out)
 	}
 	if (status != 0) {
 		rv = status;
+		*final = 1;
 		pthread_mutex_lock(&c->mu);
 		c->st.handshakes_refused++;
 		if (status == MER_EREVOKED && !join)
@@ -1536,7 +1626,8 @@ static int needs_rekey(struct csess *s)
 }
 
 /* The current session (handshaking, or re-keying, first when needed). */
-static int get_session(struct mer_link_client *c, struct csess **out)
+static int get_session(struct mer_link_client *c, struct csess **out,
+		       int *final)
 {
 	struct csess *s, *old;
 	int rv;
@@ -1571,7 +1662,7 @@ static int get_session(struct mer_link_client *c, struct csess **out)
 	c->handshaking = 1;
 	pthread_mutex_unlock(&c->mu);
 
-	rv = handshake(c, 0, &s);
+	rv = handshake(c, 0, &s, final);
 
 	pthread_mutex_lock(&c->mu);
 	c->handshaking = 0;
@@ -1610,22 +1701,31 @@ static void invalidate(struct mer_link_client *c, struct csess *s)
  * One sealed request. fixed: a join session to use instead of the current
  * one (no retries then). Handshakes again after "unknown session" or
  * "expired" and retries once with a new counter.
+ *
+ * *final says whether rv may be believed as the last word on this request:
+ * set only for a local refusal (payload too big) and for a code the broker
+ * sent in a sealed, authenticated reply (ERROR, or a refused handshake).
+ * Everything an on-path attacker can produce (NOTICE, garbage, a reply
+ * that does not open, a timeout) leaves it 0: the caller may retry.
  */
 static int call(struct mer_link_client *c, struct csess *fixed, int type,
 		const char *text, size_t len, int timeout_ms, int *rtype,
-		json_t **reply)
+		json_t **reply, int *final)
 {
 	int rv = MER_EPROTO;
 
 	*reply = NULL;
-	if (len > c->max_payload)
+	*final = 0;
+	if (len > c->max_payload) {
+		*final = 1;
 		return MER_ETOOBIG;
+	}
 	for (int attempt = 0; attempt < 3; attempt++) {
 		struct csess *s;
 		nng_msg *m = NULL, *rep = NULL;
 		struct mer_wire_hdr h;
-		uint8_t *pt = NULL;
-		size_t ptlen = 0;
+		uint8_t *pt = NULL, req[MER_WIRE_HDR_LEN];
+		size_t ptlen = 0, ptcap = 0;
 		int retry = 0, reason = 0, t = 0;
 		uint16_t code;
 		uint8_t nreason;
@@ -1637,12 +1737,12 @@ static int call(struct mer_link_client *c, struct csess *fixed, int type,
 			pthread_mutex_unlock(&c->mu);
 			s = fixed;
 		} else {
-			rv = get_session(c, &s);
+			rv = get_session(c, &s, final);
 			if (rv != 0)
 				return rv;
 		}
 		pthread_mutex_lock(&s->mu);
-		rv = seal_msg(&s->ch, type, text, len, &m);
+		rv = seal_msg(&s->ch, type, NULL, text, len, &m);
 		pthread_mutex_unlock(&s->mu);
 		if (rv == MER_EEXPIRED && !fixed) {
 			invalidate(c, s);
@@ -1653,6 +1753,8 @@ static int call(struct mer_link_client *c, struct csess *fixed, int type,
 			csess_unref(c, s);
 			return rv;
 		}
+		/* The reply must be bound to exactly this request (§5). */
+		memcpy(req, nng_msg_body(m), MER_WIRE_HDR_LEN);
 		pthread_mutex_lock(&c->mu);
 		c->st.messages_out++;
 		pthread_mutex_unlock(&c->mu);
@@ -1661,14 +1763,18 @@ static int call(struct mer_link_client *c, struct csess *fixed, int type,
 			goto next;
 		if (nng_msg_len(rep) > c->max_msg) {
 			client_reject(c, MER_CHAN_R_OVERSIZE);
-			rv = MER_ETOOBIG;
+			rv = MER_EPROTO;
 			goto next;
 		}
 		if (mer_chan_notice_parse(nng_msg_body(rep), nng_msg_len(rep),
 					  &code, &nreason) == 0) {
 			/* Unauthenticated: the only thing we do on its word
-			 * is handshake again (PROTOCOL.md §8). */
-			rv = code ? code : MER_EPROTO;
+			 * is handshake again (PROTOCOL.md §8). Its code is
+			 * never passed up (it could say "revoked"): the
+			 * caller gets a transient MER_EBUSY. */
+			rv = MER_EBUSY;
+			mer_debug("link notice from broker", "url=%s code=%s",
+				  c->url, mer_errname(code));
 			if (code == MER_ENOTFOUND ||
 			    nreason == MER_CHAN_R_UNKNOWN_SESSION) {
 				invalidate(c, s);
@@ -1684,17 +1790,22 @@ static int call(struct mer_link_client *c, struct csess *fixed, int type,
 			rv = MER_EPROTO;
 			goto next;
 		}
-		pt = malloc(nng_msg_len(rep));
+		ptcap = nng_msg_len(rep);
+		pt = malloc(ptcap);
 		if (!pt) {
 			rv = MER_ENOMEM;
 			goto next;
 		}
 		pthread_mutex_lock(&s->mu);
-		rv = mer_chan_open(&s->ch, nng_msg_body(rep), nng_msg_len(rep),
-				   &t, pt, nng_msg_len(rep), &ptlen, &reason);
+		rv = mer_chan_open_reply(&s->ch, nng_msg_body(rep),
+					 nng_msg_len(rep), req, &t, pt, ptcap,
+					 &ptlen, &reason);
 		pthread_mutex_unlock(&s->mu);
 		if (rv != 0) {
+			/* Tampered, replayed, or the answer to some other
+			 * request: not an answer to this one. */
 			client_reject(c, reason);
+			rv = MER_EPROTO;
 			goto next;
 		}
 		pthread_mutex_lock(&c->mu);
@@ -1713,11 +1824,13 @@ static int call(struct mer_link_client *c, struct csess *fixed, int type,
 						 : MER_EPROTO;
 			if (rv == 0)
 				rv = MER_EPROTO;
+			*final = 1; /* sealed: the broker's own word */
 			json_decref(obj);
 			obj = NULL;
 			if (rv == MER_EEXPIRED && !fixed) {
 				invalidate(c, s);
 				retry = 1;
+				*final = 0;
 			} else if (rv == MER_EREVOKED && !fixed) {
 				pthread_mutex_lock(&c->mu);
 				c->revoked = 1;
@@ -1731,6 +1844,8 @@ static int call(struct mer_link_client *c, struct csess *fixed, int type,
 		*reply = obj;
 		rv = 0;
 	next:
+		if (pt)
+			sodium_memzero(pt, ptcap);
 		free(pt);
 		if (rep)
 			nng_msg_free(rep);
@@ -1741,14 +1856,38 @@ static int call(struct mer_link_client *c, struct csess *fixed, int type,
 	return rv;
 }
 
+/* A call into the client from outside: refused once close has begun, and
+ * counted so that close waits for the calls in flight. */
+static int client_enter(struct mer_link_client *c)
+{
+	int rv = 0;
+
+	pthread_mutex_lock(&c->mu);
+	if (c->closing)
+		rv = MER_ECLOSED;
+	else
+		c->active++;
+	pthread_mutex_unlock(&c->mu);
+	return rv;
+}
+
+static void client_leave(struct mer_link_client *c)
+{
+	pthread_mutex_lock(&c->mu);
+	if (--c->active == 0)
+		pthread_cond_broadcast(&c->cv);
+	pthread_mutex_unlock(&c->mu);
+}
+
 static int report_text(struct mer_link_client *c, const char *text, size_t len,
-		       int timeout_ms)
+		       int timeout_ms, int *final)
 {
 	json_t *reply = NULL;
 	int t = 0, rv;
 
 	rv = call(c, NULL, MER_WIRE_REPORT, text, len,
-		  timeout_ms > 0 ? timeout_ms : c->timeout_ms, &t, &reply);
+		  timeout_ms > 0 ? timeout_ms : c->timeout_ms, &t, &reply,
+		  final);
 	if (rv == 0 && t != MER_WIRE_ACK)
 		rv = MER_EPROTO;
 	json_decref(reply);
@@ -1760,23 +1899,38 @@ static int report_text(struct mer_link_client *c, const char *text, size_t len,
 	return rv;
 }
 
-int mer_link_client_report(struct mer_link_client *c, const json_t *report,
-			   int timeout_ms)
+static int report_json(struct mer_link_client *c, const json_t *report,
+		       int timeout_ms, int *final)
 {
 	char *text;
 	int rv;
 
+	*final = 0;
 	if (!json_is_object(report))
 		return MER_EINVAL;
 	text = json_dumps(report, JSON_COMPACT);
 	if (!text)
 		return MER_ENOMEM;
-	rv = report_text(c, text, strlen(text), timeout_ms);
+	rv = report_text(c, text, strlen(text), timeout_ms, final);
 	free(text);
 	return rv;
 }
 
-/* Errors after which resending the same report cannot help. */
+int mer_link_client_report(struct mer_link_client *c, const json_t *report,
+			   int timeout_ms)
+{
+	int rv = client_enter(c), final;
+
+	if (rv != 0)
+		return rv;
+	rv = report_json(c, report, timeout_ms, &final);
+	client_leave(c);
+	return rv;
+}
+
+/* Errors after which resending the same report cannot help, when they are
+ * final (call()): the broker said so in a sealed ERROR, or the report can
+ * never fit. A NOTICE or a bad reply saying the same is only retried. */
 static int permanent(int rv)
 {
 	return rv == MER_EPARSE || rv == MER_EINVAL || rv == MER_EPROTO ||
@@ -1809,11 +1963,12 @@ static void *sender_main(void *arg)
 		if (c->closing || c->revoked)
 			break;
 		json_t *report = json_incref(c->head->report);
+		int final = 0;
 		pthread_mutex_unlock(&c->mu);
-		int rv = mer_link_client_report(c, report, 0);
+		int rv = report_json(c, report, 0, &final);
 		json_decref(report);
 		pthread_mutex_lock(&c->mu);
-		if (rv == 0 || permanent(rv)) {
+		if (rv == 0 || (final && permanent(rv))) {
 			struct obox *o = c->head;
 			c->head = o->next;
 			if (!c->head)
@@ -1936,6 +2091,12 @@ void mer_link_client_close(struct mer_link_client *c)
 	nng_close(c->sock);
 	if (c->sender_started)
 		pthread_join(c->sender, NULL);
+	/* Calls in flight in other threads now fail fast; wait for them to
+	 * leave before freeing what they use. */
+	pthread_mutex_lock(&c->mu);
+	while (c->active > 0)
+		pthread_cond_wait(&c->cv, &c->mu);
+	pthread_mutex_unlock(&c->mu);
 	while ((x = c->free_x) != NULL) {
 		c->free_x = x->next;
 		nng_aio_free(x->aio);
@@ -1998,8 +2159,10 @@ int mer_link_client_enqueue(struct mer_link_client *c, json_t *report)
 int mer_link_client_flush(struct mer_link_client *c, int timeout_ms)
 {
 	int64_t deadline = now_ms() + timeout_ms;
-	int rv = 0;
+	int rv = client_enter(c);
 
+	if (rv != 0)
+		return rv;
 	pthread_mutex_lock(&c->mu);
 	while (c->queued > 0) {
 		int64_t left = deadline - now_ms();
@@ -2014,6 +2177,7 @@ int mer_link_client_flush(struct mer_link_client *c, int timeout_ms)
 		wait_ms_locked(c, left > 100 ? 100 : (int)left);
 	}
 	pthread_mutex_unlock(&c->mu);
+	client_leave(c);
 	return rv;
 }
 
@@ -2027,17 +2191,20 @@ size_t mer_link_client_queued(struct mer_link_client *c)
 	return n;
 }
 
-int mer_link_client_poll(struct mer_link_client *c, int wait_ms,
-			 json_t **commands)
+static int client_poll(struct mer_link_client *c, int wait_ms,
+		       json_t **commands)
 {
 	json_t *req, *reply = NULL, *cmds, *ids, *v;
 	char *text;
 	size_t i;
-	int t = 0, rv;
+	int t = 0, rv, final;
 
 	*commands = NULL;
 	if (wait_ms < 0)
 		wait_ms = 0;
+	/* wait_ms + timeout_ms below must not overflow an int. */
+	if (wait_ms > INT_MAX - c->timeout_ms)
+		wait_ms = INT_MAX - c->timeout_ms;
 	pthread_mutex_lock(&c->mu);
 	req = json_pack("{s:i, s:O}", "wait_ms", wait_ms, "ack", c->acks);
 	pthread_mutex_unlock(&c->mu);
@@ -2046,7 +2213,7 @@ int mer_link_client_poll(struct mer_link_client *c, int wait_ms,
 	if (!text)
 		return MER_ENOMEM;
 	rv = call(c, NULL, MER_WIRE_POLL, text, strlen(text),
-		  wait_ms + c->timeout_ms, &t, &reply);
+		  wait_ms + c->timeout_ms, &t, &reply, &final);
 	free(text);
 	if (rv != 0)
 		return rv; /* the acks stay for the next poll */
@@ -2073,6 +2240,19 @@ int mer_link_client_poll(struct mer_link_client *c, int wait_ms,
 	return 0;
 }
 
+int mer_link_client_poll(struct mer_link_client *c, int wait_ms,
+			 json_t **commands)
+{
+	int rv = client_enter(c);
+
+	*commands = NULL;
+	if (rv != 0)
+		return rv;
+	rv = client_poll(c, wait_ms, commands);
+	client_leave(c);
+	return rv;
+}
+
 void mer_link_client_get_stats(struct mer_link_client *c,
 			       struct mer_link_stats *out)
 {
@@ -2089,7 +2269,7 @@ int mer_link_join(const struct mer_link_client_opts *opts, const char *token,
 	struct mer_token tk;
 	json_t *reply = NULL;
 	char payload[MER_TOKEN_LEN + 32];
-	int rv, t = 0, n;
+	int rv, t = 0, n, final = 0;
 
 	site[0] = region[0] = '\0';
 	/* Refuse a malformed token before it leaves the machine. */
@@ -2100,14 +2280,14 @@ int mer_link_join(const struct mer_link_client_opts *opts, const char *token,
 	rv = mer_link_client_open(opts, &c);
 	if (rv != 0)
 		return rv;
-	rv = handshake(c, 1, &s);
+	rv = handshake(c, 1, &s, &final);
 	if (rv != 0)
 		goto out;
 	/* The token is letters, digits and one dot (checked above): no JSON
 	 * escaping needed, and the buffer can be wiped afterwards. */
 	n = snprintf(payload, sizeof(payload), "{\"token\":\"%s\"}", token);
 	rv = call(c, s, MER_WIRE_JOIN, payload, (size_t)n, c->timeout_ms, &t,
-		  &reply);
+		  &reply, &final);
 	sodium_memzero(payload, sizeof(payload));
 	if (rv != 0)
 		goto out;

@@ -139,7 +139,9 @@ void mer_link_names_free(char **names, size_t n);
 /*
  * Cuts a site off now: its sessions stop working (the next message gets
  * ERROR revoked and is counted), a held poll is answered with ERROR revoked
- * and its queued commands are dropped. New handshakes are up to check_key.
+ * and its queued commands are dropped. New handshakes are up to check_key:
+ * call this after the revocation is visible to check_key (etcd written),
+ * so a handshake whose check started before it is refused (MER_EBUSY).
  */
 int mer_link_server_revoke(struct mer_link_server *srv, const char *site);
 
@@ -175,16 +177,19 @@ int mer_link_client_open(const struct mer_link_client_opts *opts,
 			 struct mer_link_client **out);
 
 /* Stops the outbox (unsent reports are dropped: flush first), closes the
- * socket and frees. Accepts NULL. */
+ * socket, waits for calls in flight in other threads to return (they fail
+ * with MER_ECLOSED or a transport error) and frees. No call may start once
+ * close has returned. Accepts NULL. */
 void mer_link_client_close(struct mer_link_client *c);
 
 /*
  * Sends one report and waits for its acknowledgement: 0, or the broker's
  * ERROR code, MER_ETIMEDOUT, MER_EUNREACHABLE (connection reset),
  * MER_EREVOKED (this site was revoked: stop), MER_EAUTH (key not
- * registered, or the broker's key does not match the pin). Handshakes (and
- * re-keys, and handshakes again after "unknown session") happen inside.
- * timeout_ms bounds each exchange (0 = the option).
+ * registered, or the broker's key does not match the pin). A plaintext
+ * NOTICE, whatever code it carries, gives MER_EBUSY: it is unauthenticated.
+ * Handshakes (and re-keys, and handshakes again after "unknown session")
+ * happen inside. timeout_ms bounds each exchange (0 = the option).
  */
 int mer_link_client_report(struct mer_link_client *c, const json_t *report,
 			   int timeout_ms);
@@ -193,8 +198,10 @@ int mer_link_client_report(struct mer_link_client *c, const json_t *report,
  * Queues a report (steals the reference) in the outbox, whose thread sends
  * reports in order, one at a time, retrying failures with back-off across
  * reconnects, broker restarts and re-keys until each is acknowledged.
- * Reports the broker refuses with a non-transient ERROR (MER_EPARSE,
- * MER_EINVAL, MER_EPROTO) are dropped and logged. MER_EBUSY when the outbox
+ * Reports the broker refuses with a non-transient sealed ERROR (MER_EPARSE,
+ * MER_EINVAL, MER_EPROTO, MER_ETOOBIG), or that exceed max_payload, are
+ * dropped and logged; NOTICEs and replies that do not authenticate never
+ * drop a report. MER_EBUSY when the outbox
  * is full, MER_EREVOKED after revocation.
  */
 int mer_link_client_enqueue(struct mer_link_client *c, json_t *report);

@@ -11,6 +11,8 @@
 #include <sys/types.h>
 #include <time.h>
 
+#include "token.h"
+
 #define LINE_MAX_LEN 8192
 
 static _Atomic int log_level = MER_LOG_INFO;
@@ -72,13 +74,22 @@ int mer_log_key_is_secret(const char *key, size_t len)
 void mer_redact_token(const char *token, char *out, size_t n)
 {
 	const char *dot = token ? strchr(token, '.') : NULL;
+	char id[MER_TOKEN_ID_LEN + 1];
 
 	if (n == 0)
 		return;
-	if (!dot || dot == token || dot - token > 64)
+	/* Show the prefix only when it is a well-formed token id: anything
+	 * else may be a secret pasted in the wrong place. */
+	if (!dot || dot - token != MER_TOKEN_ID_LEN) {
+		snprintf(out, n, "[redacted]");
+		return;
+	}
+	memcpy(id, token, MER_TOKEN_ID_LEN);
+	id[MER_TOKEN_ID_LEN] = '\0';
+	if (!mer_token_id_valid(id))
 		snprintf(out, n, "[redacted]");
 	else
-		snprintf(out, n, "%.*s.[redacted]", (int)(dot - token), token);
+		snprintf(out, n, "%s.[redacted]", id);
 }
 
 struct line {

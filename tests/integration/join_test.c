@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static struct t_etcd *etcd_srv;
 static struct mer_etcd *etcd;
@@ -396,16 +397,135 @@ static void test_key_file_mode_refused(void)
 	char tok[MER_TOKEN_SIZE], err[512], path[600];
 	struct mer_agent_join_result r;
 	struct mer_keypair kp;
+	struct stat st;
 
 	T_ASSERT(fx_start("mode") == 0);
 	T_OK(new_token("east-7", 3600, tok));
-	snprintf(path, sizeof(path), "%s/loose.key", F.dir);
-	T_OK(mer_keypair_generate(&kp));
-	T_OK(mer_keypair_save(path, &kp, NULL, 0));
+	/* The key join writes is 0600; a loosened one is refused by the
+	 * agent when it loads it. */
+	T_OK(agent_join(tok, "site.key", &r, err, sizeof(err)));
+	snprintf(path, sizeof(path), "%s/site.key", F.dir);
+	T_ASSERT(stat(path, &st) == 0);
+	T_EQ_INT(st.st_mode & 0777, 0600);
 	T_ASSERT(chmod(path, 0644) == 0);
-	T_EQ_INT(agent_join(tok, "loose.key", &r, err, sizeof(err)), MER_EPERM);
+	T_EQ_INT(mer_keypair_load(path, &kp, err, sizeof(err)), MER_EPERM);
 	T_CONTAINS(err, path);
 	T_CONTAINS(err, "0644");
+	fx_stop();
+}
+
+/* Review finding 6: a join never reuses a key. An existing key file is
+ * left alone unless rotation is asked for; with it, the old (revoked) key
+ * is replaced by a new one only after the broker accepted it. A key that
+ * joined before gets its own error, and the token stays unused. */
+static void test_rejoin_makes_new_key(void)
+{
+	char tok[MER_TOKEN_SIZE], tok2[MER_TOKEN_SIZE], err[512], path[600];
+	char site[128], region[128];
+	struct mer_agent_join_result r;
+	struct mer_keypair old, now;
+	struct mer_token_info ti;
+	struct mer_link_client *c = NULL;
+
+	T_ASSERT(fx_start("rekey") == 0);
+	T_OK(new_token("east-9", 3600, tok));
+	T_OK(agent_join(tok, "site.key", &r, err, sizeof(err)));
+	T_EQ_INT(r.key_created, 1);
+	snprintf(path, sizeof(path), "%s/site.key", F.dir);
+	T_OK(mer_keypair_load(path, &old, NULL, 0));
+	T_OK(mer_membership_revoke(F.m, "east-9"));
+	T_OK(mer_link_server_revoke(F.srv, "east-9"));
+	T_OK(new_token("east-9", 3600, tok2));
+	/* Without rotate the existing key file is not touched. */
+	T_EQ_INT(agent_join(tok2, "site.key", &r, err, sizeof(err)),
+		 MER_EEXIST);
+	T_CONTAINS(err, path);
+	/* The old key itself, offered straight to the broker: its own
+	 * error, and the token is not spent. */
+	T_EQ_INT(mer_membership_join(F.m, tok2, old.pk, site, region),
+		 MER_ESTATE);
+	snprintf(site, sizeof(site), "%.*s", MER_TOKEN_ID_LEN, tok2);
+	T_OK(mer_membership_token_get(F.m, site, &ti));
+	T_EQ_INT(ti.used, 0);
+	/* With rotate: a new key, installed over the old one. */
+	{
+		struct mer_agent_join_opts o = {
+		    .broker_url = mer_link_server_url(F.srv),
+		    .token = tok2,
+		    .broker_fp = F.fp,
+		    .key_path = path,
+		    .rotate = 1,
+		    .timeout_ms = 5000,
+		};
+		T_OK(mer_agent_join(&o, &r, err, sizeof(err)));
+	}
+	T_OK(mer_keypair_load(path, &now, NULL, 0));
+	T_EXPECT(memcmp(old.pk, now.pk, 32) != 0);
+	char leftover[700];
+	snprintf(leftover, sizeof(leftover), "%s.new", path);
+	T_EXPECT(access(leftover, F_OK) != 0); /* no leftover */
+	T_ASSERT(client_for("site.key", &c) == 0);
+	T_OK(send_report(c));
+	mer_link_client_close(c);
+	mer_keypair_wipe(&old);
+	mer_keypair_wipe(&now);
+	fx_stop();
+}
+
+/* Review finding 14: the claim itself raced by many threads released at
+ * once by a barrier: exactly one wins. */
+struct claimer {
+	pthread_barrier_t *bar;
+	const char *token;
+	int rv;
+};
+
+static void *claim_thread(void *arg)
+{
+	struct claimer *cl = arg;
+	struct mer_keypair kp;
+	char site[128], region[128];
+
+	if (mer_keypair_generate(&kp) != 0) {
+		cl->rv = -1;
+		return NULL;
+	}
+	pthread_barrier_wait(cl->bar);
+	cl->rv = mer_membership_join(F.m, cl->token, kp.pk, site, region);
+	mer_keypair_wipe(&kp);
+	return NULL;
+}
+
+static void test_membership_claim_race(void)
+{
+	enum { N = 16 };
+	char tok[MER_TOKEN_SIZE];
+	struct claimer cl[N];
+	pthread_t th[N];
+	pthread_barrier_t bar;
+	int wins = 0, used = 0;
+
+	T_ASSERT(fx_start("claimrace") == 0);
+	T_OK(new_token("east-10", 3600, tok));
+	T_ASSERT(pthread_barrier_init(&bar, NULL, N) == 0);
+	for (int i = 0; i < N; i++) {
+		cl[i] = (struct claimer){.bar = &bar, .token = tok, .rv = -1};
+		T_ASSERT(pthread_create(&th[i], NULL, claim_thread, &cl[i]) ==
+			 0);
+	}
+	for (int i = 0; i < N; i++) {
+		pthread_join(th[i], NULL);
+		if (cl[i].rv == 0)
+			wins++;
+		else if (cl[i].rv == MER_EUSED)
+			used++;
+		else
+			t_fail(__FILE__, __LINE__, "claimer %d: %s", i,
+			       mer_errname(cl[i].rv));
+	}
+	pthread_barrier_destroy(&bar);
+	T_EQ_INT(wins, 1);
+	T_EQ_INT(used, N - 1);
 	fx_stop();
 }
 
@@ -459,6 +579,8 @@ static const struct t_case cases[] = {
     {"join_race", test_join_race},
     {"revoke_and_rejoin", test_revoke_and_rejoin},
     {"key_file_mode_refused", test_key_file_mode_refused},
+    {"rejoin_makes_new_key", test_rejoin_makes_new_key},
+    {"membership_claim_race", test_membership_claim_race},
     {"secret_never_logged", test_secret_never_logged},
 };
 

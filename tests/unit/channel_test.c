@@ -68,15 +68,69 @@ static void test_handshake_and_roundtrip(void)
 	T_EQ_INT(type, MER_WIRE_REPORT);
 	T_EQ_INT(ptn, 7);
 	T_EXPECT(memcmp(pt, "{\"x\":1}", 7) == 0);
-	T_OK(seal(&p.b, MER_WIRE_ACK, "{}", m, &n));
-	T_OK(mer_chan_open(&p.a, m, n, &type, pt, sizeof(pt), &ptn, &reason));
+	uint8_t req[MER_WIRE_HDR_LEN];
+	memcpy(req, m, sizeof(req));
+	T_OK(mer_chan_seal_reply(&p.b, MER_WIRE_ACK, req, (const uint8_t *)"{}",
+				 2, m, sizeof(m), &n));
+	T_OK(mer_chan_open_reply(&p.a, m, n, req, &type, pt, sizeof(pt), &ptn,
+				 &reason));
 	T_EQ_INT(type, MER_WIRE_ACK);
 	/* A message cannot be reflected back to its sender. */
 	T_OK(seal(&p.a, MER_WIRE_REPORT, "{}", m, &n));
+	T_EXPECT(mer_chan_open_reply(&p.a, m, n, m, &type, pt, sizeof(pt), &ptn,
+				     &reason) != 0);
+	/* Each side uses its own functions. */
 	T_EQ_INT(
 	    mer_chan_open(&p.a, m, n, &type, pt, sizeof(pt), &ptn, &reason),
-	    MER_ECRYPTO);
+	    MER_EINVAL);
+	T_EQ_INT(seal(&p.b, MER_WIRE_ACK, "{}", m, &n), MER_EINVAL);
+	T_EQ_INT(mer_chan_seal_reply(&p.a, MER_WIRE_ACK, req,
+				     (const uint8_t *)"{}", 2, m, sizeof(m),
+				     &n),
+		 MER_EINVAL);
+	T_EQ_INT(mer_chan_seal_reply(&p.b, MER_WIRE_REPORT, req,
+				     (const uint8_t *)"{}", 2, m, sizeof(m),
+				     &n),
+		 MER_EINVAL);
+}
+
+/* Review finding 3: a reply opens only as the answer to the request it was
+ * sealed for, so an on-path attacker cannot make the ACK for one request
+ * count for another (swapped, delayed or re-routed replies). */
+static void test_reply_bound_to_request(void)
+{
+	struct pair p;
+	uint8_t x[512], y[512], ax[512], pt[512];
+	size_t nx, ny, nax, ptn;
+	int type, reason;
+	struct mer_chan_session before;
+
+	T_ASSERT(make_pair(&p, 60, 1000) == 0);
+	T_OK(seal(&p.a, MER_WIRE_REPORT, "{\"id\":\"x\"}", x, &nx));
+	T_OK(seal(&p.a, MER_WIRE_REPORT, "{\"id\":\"y\"}", y, &ny));
+	T_OK(mer_chan_open(&p.b, x, nx, &type, pt, sizeof(pt), &ptn, &reason));
+	T_OK(mer_chan_seal_reply(&p.b, MER_WIRE_ACK, x, (const uint8_t *)"{}",
+				 2, ax, sizeof(ax), &nax));
+	/* X's ACK offered as the answer to Y: refused, window untouched. */
+	before = p.a;
+	T_EQ_INT(mer_chan_open_reply(&p.a, ax, nax, y, &type, pt, sizeof(pt),
+				     &ptn, &reason),
+		 MER_ECRYPTO);
 	T_EQ_INT(reason, MER_CHAN_R_AUTH_FAILED);
+	T_EXPECT(memcmp(&before, &p.a, sizeof(before)) == 0);
+	/* A request header differing in any byte does not match either. */
+	for (size_t i = 0; i < MER_WIRE_HDR_LEN; i++) {
+		uint8_t bad[MER_WIRE_HDR_LEN];
+		memcpy(bad, x, sizeof(bad));
+		bad[i] ^= 0x01;
+		if (mer_chan_open_reply(&p.a, ax, nax, bad, &type, pt,
+					sizeof(pt), &ptn, &reason) == 0)
+			t_fail(__FILE__, __LINE__, "byte %zu accepted", i);
+	}
+	/* The right pairing opens. */
+	T_OK(mer_chan_open_reply(&p.a, ax, nax, x, &type, pt, sizeof(pt), &ptn,
+				 &reason));
+	T_EQ_INT(type, MER_WIRE_ACK);
 }
 
 static void test_counters_and_window(void)
@@ -310,6 +364,7 @@ static void test_wipe(void)
 }
 
 static const struct t_case cases[] = {
+    {"reply_bound_to_request", test_reply_bound_to_request},
     {"handshake_and_roundtrip", test_handshake_and_roundtrip},
     {"counters_and_window", test_counters_and_window},
     {"tamper_every_byte", test_tamper_every_byte},

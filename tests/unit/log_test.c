@@ -69,8 +69,10 @@ static void test_redaction(void)
 	free(s);
 
 	char out[64];
+	mer_redact_token("abcd2345.supersecret", out, sizeof(out));
+	T_EQ_STR(out, "abcd2345.[redacted]");
 	mer_redact_token("k3x9.supersecret", out, sizeof(out));
-	T_EQ_STR(out, "k3x9.[redacted]");
+	T_EQ_STR(out, "[redacted]"); /* not a token id: no part shown */
 	mer_redact_token("nodot", out, sizeof(out));
 	T_EQ_STR(out, "[redacted]");
 	mer_redact_token(NULL, out, sizeof(out));

@@ -1,5 +1,6 @@
 /* Tests for common/token: shape, entropy alphabet, parsing, hashing. */
 #include "common/err.h"
+#include "common/log.h"
 #include "common/token.h"
 #include "tests/harness.h"
 
@@ -75,7 +76,30 @@ static void test_hash_verify(void)
 	T_EQ_INT(t.secret[0], 0);
 }
 
+/* Review finding 9: only a well-formed token id is shown; any other text
+ * before the first dot may be a secret. */
+static void test_redact_only_valid_ids(void)
+{
+	char tok[MER_TOKEN_SIZE], out[128], want[64];
+
+	T_OK(mer_token_generate(tok));
+	mer_redact_token(tok, out, sizeof(out));
+	snprintf(want, sizeof(want), "%.*s.[redacted]", MER_TOKEN_ID_LEN, tok);
+	T_EQ_STR(out, want);
+	mer_redact_token("supersecretsupersecret.x", out, sizeof(out));
+	T_EQ_STR(out, "[redacted]");
+	mer_redact_token("ABCDEFGH.x", out, sizeof(out)); /* not the alphabet */
+	T_EQ_STR(out, "[redacted]");
+	mer_redact_token("abcd2345x.y", out, sizeof(out)); /* 9 chars */
+	T_EQ_STR(out, "[redacted]");
+	mer_redact_token(".secret", out, sizeof(out));
+	T_EQ_STR(out, "[redacted]");
+	mer_redact_token("abcd2345.secret", out, sizeof(out));
+	T_EQ_STR(out, "abcd2345.[redacted]");
+}
+
 static const struct t_case cases[] = {
+    {"redact_only_valid_ids", test_redact_only_valid_ids},
     {"generate", test_generate},
     {"parse_table", test_parse_table},
     {"hash_verify", test_hash_verify},
