@@ -42,6 +42,19 @@ struct mer_engine {
 	uint64_t *kmask; /* [nsites] resource kinds some pool has */
 	double *cls_eg;	 /* [ncls * ncls] link egress USD per GB */
 	double *cls_spb; /* [ncls * ncls] seconds per byte */
+	double *cls_bwd; /* [ncls * ncls] bandwidth in bits per second */
+	/* Hot site fields side by side (struct of arrays), so a pass over
+	 * all sites reads a few dense arrays instead of every mer_site. */
+	uint32_t *scls;		  /* [nsites] class */
+	uint32_t *sridx;	  /* [nsites] region */
+	double *seg;		  /* [nsites] egress USD per GB */
+	const double **sprice;	  /* [nsites] price per kind */
+	uint8_t *sslow;		  /* [nsites] 1: health, drain, heartbeat or
+				     tenant lists need looking at */
+	uint32_t *cls_rep;	  /* [ncls * 2] two member sites, or NONE */
+	unsigned *pfab;		  /* [npools] fabric bits */
+	double *pwait;		  /* [npools] advertised wait */
+	struct mer_arena scratch; /* per-call memory, kept between calls */
 	struct round_tenant *rt;
 	size_t nrt, caprt;
 };
@@ -67,6 +80,8 @@ struct sinfo {
 	int finished;
 	int gk[MAX_GK]; /* acceptable GPU kinds present (-1: no GPU) */
 	int ngk;
+	uint64_t gkmask; /* the kinds of gk[] as bits, 0 for no GPU */
+	unsigned fabric; /* the stage's fabric bit, 0 for any */
 	double cpu, mem, gpu;
 	unsigned R;
 	const char **tags;
@@ -178,7 +193,17 @@ void mer_engine_free(struct mer_engine *e)
 	free(e->res_ok);
 	free(e->cls_eg);
 	free(e->cls_spb);
+	free(e->cls_bwd);
 	free(e->kmask);
+	free(e->scls);
+	free(e->sridx);
+	free(e->seg);
+	free(e->sprice);
+	free(e->sslow);
+	free(e->cls_rep);
+	free(e->pfab);
+	free(e->pwait);
+	mer_arena_free(&e->scratch);
 	free(e);
 }
 
@@ -206,9 +231,19 @@ int mer_engine_new(const struct mer_fed *fed, const struct mer_policy *pol,
 	e->cls_eg = calloc(fed->ncls * fed->ncls + 1, sizeof(double));
 	e->cls_spb = calloc(fed->ncls * fed->ncls + 1, sizeof(double));
 	e->kmask = calloc(n + 1, sizeof(uint64_t));
+	e->cls_bwd = calloc(fed->ncls * fed->ncls + 1, sizeof(double));
+	e->scls = calloc(n + 1, sizeof(uint32_t));
+	e->sridx = calloc(n + 1, sizeof(uint32_t));
+	e->seg = calloc(n + 1, sizeof(double));
+	e->sprice = calloc(n + 1, sizeof(*e->sprice));
+	e->sslow = calloc(n + 1, 1);
+	e->cls_rep = calloc(fed->ncls * 2 + 1, sizeof(uint32_t));
+	e->pfab = calloc(e->npools + 1, sizeof(unsigned));
+	e->pwait = calloc(e->npools + 1, sizeof(double));
 	if (!e->kmask || !e->pool0 || !e->porder || !e->pools || !e->cap ||
 	    !e->pre || !e->tier || !e->pref || !e->res_ok || !e->cls_eg ||
-	    !e->cls_spb) {
+	    !e->cls_spb || !e->cls_bwd || !e->scls || !e->sridx || !e->seg ||
+	    !e->sprice || !e->sslow || !e->cls_rep || !e->pfab || !e->pwait) {
 		mer_engine_free(e);
 		return MER_ENOMEM;
 	}
@@ -218,6 +253,8 @@ int mer_engine_new(const struct mer_fed *fed, const struct mer_policy *pol,
 		e->pool0[s] = p;
 		for (size_t k = 0; k < site->npools; k++) {
 			e->pools[p + k] = &site->pools[k];
+			e->pfab[p + k] = site->pools[k].fabric;
+			e->pwait[p + k] = site->pools[k].est_wait_s;
 			for (size_t q = 0; q < fed->nkinds; q++)
 				if (site->pools[k].res[q].present)
 					e->kmask[s] |= 1ULL << q;
@@ -233,6 +270,14 @@ int mer_engine_new(const struct mer_fed *fed, const struct mer_policy *pol,
 			}
 		}
 		p += site->npools;
+		e->scls[s] = site->cls;
+		e->sridx[s] = site->ridx;
+		e->seg[s] = site->egress_gb;
+		e->sprice[s] = site->price_hour;
+		e->sslow[s] =
+		    site->health != MER_HEALTH_HEALTHY || site->drained ||
+		    (pol->site_stale_after_s > 0 && site->last_heartbeat > 0) ||
+		    site->ntenants_allow || site->ntenants_deny;
 		e->tier[s] = (uint8_t)pol->ntiers;
 		for (size_t t = 0; t < pol->ntiers; t++) {
 			if (mer_selector_match(&pol->tiers[t].match, site)) {
@@ -246,6 +291,15 @@ int mer_engine_new(const struct mer_fed *fed, const struct mer_policy *pol,
 		}
 	}
 	e->pool0[n] = p;
+	for (size_t k = 0; k < fed->ncls * 2; k++)
+		e->cls_rep[k] = NONE;
+	for (uint32_t s = 0; s < n; s++) {
+		uint32_t *r = &e->cls_rep[fed->sites[s].cls * 2];
+		if (r[0] == NONE)
+			r[0] = s;
+		else if (r[1] == NONE)
+			r[1] = s;
+	}
 	for (size_t a = 0; a < fed->ncls; a++) {
 		for (size_t b = 0; b < fed->ncls; b++) {
 			uint32_t r1 = fed->cls_region[a],
@@ -255,6 +309,7 @@ int mer_engine_new(const struct mer_fed *fed, const struct mer_policy *pol,
 			e->cls_eg[a * fed->ncls + b] =
 			    mer_fed_link(fed, r1, r2)->egress_gb;
 			e->cls_spb[a * fed->ncls + b] = 8 / (bw * 1e9);
+			e->cls_bwd[a * fed->ncls + b] = bw * 1e9;
 		}
 	}
 	for (size_t r = 0; r < pol->nresidency; r++) {
@@ -418,31 +473,42 @@ static int prep_ext(struct ctx *c, struct sinfo *si, const struct mer_stage *st,
 		if (rs->egress_gb < rbest[rs->cls])
 			rbest[rs->cls] = rs->egress_gb;
 	}
-	double B = x->bytes;
+	double B = x->bytes, B9 = B / 1e9, B8 = B * 8;
+	double we = pol->w.egress, wt = c->vot_s * pol->w.transfer_time;
+	const double *ceg = c->e->cls_eg, *cbw = c->e->cls_bwd;
+	/* Only classes holding a replica can be sources; same order as
+	 * a scan over all classes, so ties resolve alike. */
+	uint32_t *src = talloc(c, K * sizeof(uint32_t));
+	size_t nsrc = 0;
+	if (!src)
+		return MER_ENOMEM;
+	for (size_t j = 0; j < K; j++)
+		if (rbest[j] != INF)
+			src[nsrc++] = (uint32_t)j;
 	for (size_t cl = 0; cl < K; cl++) {
 		uint32_t r2 = fed->cls_region[cl];
 		double w2 = fed->cls_wan[cl];
-		x->kc[cl] = INF;
-		for (size_t j = 0; j <= K; j++) {
-			double eg, t;
-			if (j < K) {
-				if (rbest[j] == INF)
-					continue;
-				uint32_t r1 = fed->cls_region[j];
-				eg = B / 1e9 *
-				     (rbest[j] +
-				      mer_fed_link(fed, r1, r2)->egress_gb);
-				t = B * 8 /
-				    (link_bw(fed, r1, fed->cls_wan[j], r2, w2) *
-				     1e9);
-			} else if (x->region >= 0) {
-				uint32_t r1 = (uint32_t)x->region;
-				eg = B / 1e9 *
-				     mer_fed_link(fed, r1, r2)->egress_gb;
-				t = B * 8 / (link_bw(fed, r1, 0, r2, w2) * 1e9);
-			} else {
-				break;
+		double kc = INF, keg = 0, kt = 0;
+		for (size_t q = 0; q < nsrc; q++) {
+			size_t j = src[q], jk = j * K + cl;
+			double eg = B9 * (rbest[j] + ceg[jk]);
+			double t = B8 / cbw[jk];
+			double v = we * eg + wt * t;
+			if (v < kc) {
+				kc = v;
+				keg = eg;
+				kt = t;
 			}
+		}
+		x->kc[cl] = kc;
+		x->keg[cl] = keg;
+		x->kt[cl] = kt;
+		if (x->region >= 0) {
+			/* the input's own region, outside the catalog */
+			uint32_t r1 = (uint32_t)x->region;
+			double eg =
+			    B / 1e9 * mer_fed_link(fed, r1, r2)->egress_gb;
+			double t = B * 8 / (link_bw(fed, r1, 0, r2, w2) * 1e9);
 			double v = pol->w.egress * eg +
 				   c->vot_s * pol->w.transfer_time * t;
 			if (v < x->kc[cl]) {
@@ -522,10 +588,13 @@ static int prep_stage(struct ctx *c, size_t i)
 			snprintf(kind, sizeof(kind), "gpu:%s",
 				 st->gpu_models[m]);
 			int k = mer_fed_kind_index(fed, kind);
-			if (k >= 0)
+			if (k >= 0) {
 				si->gk[si->ngk++] = k;
+				si->gkmask |= 1ULL << k;
+			}
 		}
 	}
+	si->fabric = st->fabric;
 	si->runtime_given = st->duration_s > 0;
 	si->runtime = si->runtime_given ? st->duration_s
 					: c->pol->default_duration_s[st->kind];
@@ -599,7 +668,7 @@ static int pool_fits_fabric(const struct sinfo *si, const struct mer_pool *p,
 	return want == 0 || (p->fabric & want);
 }
 
-static double avail(const struct ctx *c, size_t p, int k, int with_pre)
+static inline double avail(const struct ctx *c, size_t p, int k, int with_pre)
 {
 	const struct mer_engine *e = c->e;
 	size_t nk = c->fed->nkinds;
@@ -651,12 +720,48 @@ static void fit_site(const struct ctx *c, const struct sinfo *si, uint32_t s,
 		     struct fit *f)
 {
 	const struct mer_engine *e = c->e;
-	unsigned fabric = c->job->stages[si - c->si].fabric;
+	unsigned fabric = si->fabric;
 	size_t p0 = e->pool0[s], p1 = e->pool0[s + 1];
 	int any_fabric = 0;
 
 	memset(f, 0, sizeof(*f));
 	f->kind = -1;
+	if (want == 1 && !gang && p1 - p0 == 1 && !with_pre) {
+		/* The common case, one pool and free capacity only: the
+		 * loop below with a single pass, spelled out. */
+		size_t p = p0, nk = c->fed->nkinds;
+		const double *cp = &e->cap[p * nk];
+		if (fabric && !(e->pfab[p] & fabric)) {
+			f->reason = MER_R_FABRIC;
+			return;
+		}
+		double hc = si->cpu > 0 ? cp[MER_KIND_CPU] : 0;
+		double hm = si->mem > 0 ? cp[MER_KIND_MEM] : 0;
+		double hg = gk >= 0 && si->gpu > 0 ? cp[gk] : 0;
+		int gfail = gk >= 0 && si->gpu > 0 && hg + 1e-9 < si->gpu;
+		int mfail = si->mem > 0 && hm + 1e-9 < si->mem;
+		int cfail = si->cpu > 0 && hc + 1e-9 < si->cpu;
+		if (!gfail && !mfail && !cfail) {
+			f->units = 1;
+			f->wait = e->pwait[p];
+			return;
+		}
+		f->reason = MER_R_CAPACITY;
+		if (gfail) {
+			f->kind = gk;
+			f->need = si->gpu;
+			f->have = hg;
+		} else if (mfail) {
+			f->kind = MER_KIND_MEM;
+			f->need = si->mem;
+			f->have = hm;
+		} else {
+			f->kind = MER_KIND_CPU;
+			f->need = si->cpu;
+			f->have = hc;
+		}
+		return;
+	}
 	if (want == 1 && !gang) {
 		/* One non-gang unit may span the site's pools. */
 		double have[3] = {0, 0, 0};
@@ -671,7 +776,10 @@ static void fit_site(const struct ctx *c, const struct sinfo *si, uint32_t s,
 			for (int k = 0; k < 3; k++) {
 				if (kinds[k] < 0 || need[k] <= 0)
 					continue;
-				have[k] += avail(c, p, kinds[k], with_pre);
+				have[k] += with_pre
+					       ? avail(c, p, kinds[k], 1)
+					       : e->cap[p * c->fed->nkinds +
+							(size_t)kinds[k]];
 				done &= have[k] + 1e-9 >= need[k];
 			}
 			if (done) {
@@ -784,9 +892,8 @@ static void eval_site(struct ctx *c, size_t i, uint32_t s,
 	struct sinfo *si = &c->si[i];
 	const struct mer_weights *w = &pol->w;
 
-	ev->site = s;
-	ev->kind = -1;
-	ev->aux = -1;
+	/* evals come unzeroed: every field is written here */
+	*ev = (struct mer_site_eval){.site = s, .kind = -1, .aux = -1};
 	si->u[s] = INF;
 	si->um[s] = INF;
 	if (si->fixed_site >= 0) {
@@ -800,26 +907,29 @@ static void eval_site(struct ctx *c, size_t i, uint32_t s,
 		si->u[s] = si->um[s] = 0;
 		return;
 	}
-	if (site->health != MER_HEALTH_HEALTHY) {
-		ev->aux = site->health;
-		return reject(ev, MER_R_UNHEALTHY);
+	if (c->e->sslow[s]) {
+		if (site->health != MER_HEALTH_HEALTHY) {
+			ev->aux = site->health;
+			return reject(ev, MER_R_UNHEALTHY);
+		}
+		if (site->drained)
+			return reject(ev, MER_R_DRAINED);
+		if (pol->site_stale_after_s > 0 && site->last_heartbeat > 0 &&
+		    (double)(c->in->now - site->last_heartbeat) >
+			pol->site_stale_after_s) {
+			ev->have = (double)(c->in->now - site->last_heartbeat);
+			ev->need = pol->site_stale_after_s;
+			return reject(ev, MER_R_STALE);
+		}
+		if ((site->ntenants_allow || site->ntenants_deny) &&
+		    !tenant_allowed(site, c->job->tenant))
+			return reject(ev, MER_R_TENANT);
 	}
-	if (site->drained)
-		return reject(ev, MER_R_DRAINED);
-	if (pol->site_stale_after_s > 0 && site->last_heartbeat > 0 &&
-	    (double)(c->in->now - site->last_heartbeat) >
-		pol->site_stale_after_s) {
-		ev->have = (double)(c->in->now - site->last_heartbeat);
-		ev->need = pol->site_stale_after_s;
-		return reject(ev, MER_R_STALE);
-	}
-	if ((site->ntenants_allow || site->ntenants_deny) &&
-	    !tenant_allowed(site, c->job->tenant))
-		return reject(ev, MER_R_TENANT);
 	if (c->site_ok && !c->site_ok[s])
 		return reject(ev, MER_R_SITE_DENIED);
-	if (!si->region_ok[site->ridx]) {
-		ev->aux = si->region_rule[site->ridx];
+	uint32_t ridx = c->e->sridx[s];
+	if (!si->region_ok[ridx]) {
+		ev->aux = si->region_rule[ridx];
 		return reject(ev, ev->aux < 0 ? MER_R_REGION_DENIED
 					      : MER_R_RESIDENCY);
 	}
@@ -832,12 +942,18 @@ static void eval_site(struct ctx *c, size_t i, uint32_t s,
 		return reject(ev, MER_R_QUOTA_STAGES);
 	}
 
+	/* No acceptable GPU model at all: the common rejection, decided
+	 * from the site's kind mask without looking at its pools. */
+	if (si->gkmask && !(c->e->kmask[s] & si->gkmask))
+		return reject(ev, MER_R_GPU_MODEL);
+
 	/* Capacity: the acceptable GPU model that fits and costs least. */
 	struct fit best = {0}, fail = {0};
 	int best_gk = -2, best_pre = 0, fail_r = 0;
-	double best_key = INF;
+	double best_key = INF, best_price = 0;
 	unsigned want = si->R;
 	int gang = st->gang || si->R > 1;
+	const double *ph = c->e->sprice[s];
 	if (si->ngk == 0) {
 		fail.reason = MER_R_GPU_MODEL;
 		fail_r = fail_rank(MER_R_GPU_MODEL);
@@ -885,17 +1001,26 @@ static void eval_site(struct ctx *c, size_t i, uint32_t s,
 			}
 			continue;
 		}
-		double price = site->price_hour[MER_KIND_CPU] * si->cpu +
-			       site->price_hour[MER_KIND_MEM] * si->mem +
-			       (gk >= 0 ? site->price_hour[gk] * si->gpu : 0);
-		double key = w->compute * price * si->runtime / 3600 +
-			     c->vot_s * w->wait * f.wait;
-		if (key < best_key) {
+		double price = ph[MER_KIND_CPU] * si->cpu +
+			       ph[MER_KIND_MEM] * si->mem +
+			       (gk >= 0 ? ph[gk] * si->gpu : 0);
+		/* The first fit is taken whatever its key (keys are finite),
+		 * so keys are only computed once a second model fits. */
+		if (best_gk != -2) {
+			if (best_key == INF)
+				best_key = w->compute * best_price *
+					       si->runtime / 3600 +
+					   c->vot_s * w->wait * best.wait;
+			double key = w->compute * price * si->runtime / 3600 +
+				     c->vot_s * w->wait * f.wait;
+			if (!(key < best_key))
+				continue;
 			best_key = key;
-			best = f;
-			best_gk = gk;
-			best_pre = with_pre;
 		}
+		best = f;
+		best_gk = gk;
+		best_pre = with_pre;
+		best_price = price;
 	}
 	if (best_gk == -2) {
 		ev->kind = (int16_t)fail.kind;
@@ -919,25 +1044,23 @@ static void eval_site(struct ctx *c, size_t i, uint32_t s,
 			   (double)c->job->deadline;
 		return reject(ev, MER_R_DEADLINE);
 	}
-	double price = site->price_hour[MER_KIND_CPU] * si->cpu +
-		       site->price_hour[MER_KIND_MEM] * si->mem +
-		       (best_gk >= 0 ? site->price_hour[best_gk] * si->gpu : 0);
-	double per_replica = price * runtime / 3600;
+	double per_replica = best_price * runtime / 3600;
 	if (c->budget_left >= 0 && per_replica > c->budget_left + 1e-9) {
 		ev->need = per_replica;
 		ev->have = c->budget_left;
 		return reject(ev, MER_R_BUDGET);
 	}
 	double egress = 0, tsec = 0;
+	uint32_t cls = c->e->scls[s];
 	for (size_t x = 0; x < si->next; x++) {
 		const struct ext_in *xi = &si->ext[x];
 		if (!xi->kc || xi->holds[s])
 			continue;
-		egress += xi->keg[site->cls];
-		tsec += xi->kt[site->cls];
+		egress += xi->keg[cls];
+		tsec += xi->kt[cls];
 	}
 	double near_pen = 0;
-	if (si->near_ok && !si->near_ok[site->ridx])
+	if (si->near_ok && !si->near_ok[ridx])
 		near_pen = pol->near_miss_usd_per_replica_hour * runtime / 3600;
 	double fixed_pol =
 	    c->e->pref[s] + (best_pre ? pol->preemption_penalty_usd : 0);
@@ -1106,6 +1229,39 @@ static int expand_replicas(struct ctx *c, size_t i, const struct pw *pw)
 
 /* ---- joint choice ---- */
 
+/*
+ * Moving bytes from site a to a site of class k costs the same for every
+ * site of k but a itself (DESIGN §4): out[k] = f(a, b, bytes) for a member
+ * b != a of each class, computed by the very functions a per-site call
+ * would use, so the values are bit for bit the same. Classes whose only
+ * site is a are never looked up (s == a is handled by the caller).
+ */
+enum tbl_fn { TBL_PAIR, TBL_EGRESS, TBL_TRANSFER };
+
+static void class_table(const struct ctx *c, uint32_t a, double bytes,
+			const struct pw *pw, enum tbl_fn fn, double *out);
+
+static double pair_cost(const struct ctx *c, uint32_t a, uint32_t b,
+			double bytes, const struct pw *pw);
+
+static void class_table(const struct ctx *c, uint32_t a, double bytes,
+			const struct pw *pw, enum tbl_fn fn, double *out)
+{
+	const uint32_t *rep = c->e->cls_rep;
+
+	for (size_t k = 0; k < c->fed->ncls; k++) {
+		uint32_t b = rep[2 * k] != a ? rep[2 * k] : rep[2 * k + 1];
+		if (b == NONE) {
+			out[k] = 0;
+			continue;
+		}
+		out[k] = fn == TBL_PAIR ? pair_cost(c, a, b, bytes, pw)
+			 : fn == TBL_EGRESS
+			     ? mer_fed_egress_usd(c->fed, a, b, bytes)
+			     : mer_fed_transfer_s(c->fed, a, b, bytes);
+	}
+}
+
 static double plan_total(const struct ctx *c, double *const *u,
 			 const struct pw *pw, const uint32_t *a)
 {
@@ -1138,19 +1294,48 @@ static double local_cost(const struct ctx *c, double *const *u,
 
 /* Stage by stage in dependency order, each at its best site given where
  * its producers went: the baseline the joint plan must never lose to. */
-static void solve_greedy(const struct ctx *c, double *const *u,
-			 const struct pw *pw, uint32_t *a)
+static int solve_greedy(struct ctx *c, double *const *u, const struct pw *pw,
+			uint32_t *a)
 {
-	size_t n = c->fed->nsites;
+	size_t n = c->fed->nsites, K = c->fed->ncls;
+	const uint32_t *cls = c->e->scls;
+	double *tbl = NULL;
+	uint32_t *src = NULL;
+	size_t cap = 0;
 
 	for (size_t q = 0; q < c->job->nstages; q++) {
 		size_t i = c->job->topo[q];
 		double best = INF;
 		uint32_t arg = 0;
+		size_t np = 0;
+		/* one class table per producer edge, in incidence order, so
+		 * the sum below adds the same terms in the same order as
+		 * local_cost(..., producers_only) */
+		for (size_t k = 0; k < c->ninc[i]; k++)
+			np += c->edges[c->inc[i][k]].c == i;
+		if (np > cap) {
+			cap = np;
+			tbl = talloc(c, cap * K * sizeof(double));
+			src = talloc(c, cap * sizeof(uint32_t));
+			if (!tbl || !src)
+				return MER_ENOMEM;
+		}
+		np = 0;
+		for (size_t k = 0; k < c->ninc[i]; k++) {
+			const struct edge *e = &c->edges[c->inc[i][k]];
+			if (e->c != i)
+				continue;
+			src[np] = a[e->p];
+			class_table(c, a[e->p], e->bytes, pw, TBL_PAIR,
+				    tbl + np * K);
+			np++;
+		}
 		for (uint32_t s = 0; s < n; s++) {
 			if (u[i][s] == INF)
 				continue;
-			double v = local_cost(c, u, pw, a, i, s, 1);
+			double v = u[i][s];
+			for (size_t k = 0; k < np; k++)
+				v += s == src[k] ? 0 : tbl[k * K + cls[s]];
 			if (v < best) {
 				best = v;
 				arg = s;
@@ -1158,6 +1343,7 @@ static void solve_greedy(const struct ctx *c, double *const *u,
 		}
 		a[i] = arg;
 	}
+	return 0;
 }
 
 /* Coordinate descent from a: each move strictly lowers the total, so the
@@ -1192,17 +1378,6 @@ static void solve_local(const struct ctx *c, double *const *u,
 	}
 }
 
-/* Cost between classes k1 -> k2 for one edge, without the source site's
- * own egress price (added per site). */
-static double class_cost(const struct ctx *c, size_t k1, size_t k2,
-			 double bytes, const struct pw *pw)
-{
-	size_t i = k1 * c->fed->ncls + k2;
-
-	return pw->we * bytes / 1e9 * c->e->cls_eg[i] +
-	       pw->wt * bytes * c->e->cls_spb[i];
-}
-
 /*
  * m(y) = min over x of F(x) + cost(edge, x, y) for every parent site y,
  * where x is the child's site. Sites of one class are interchangeable
@@ -1228,38 +1403,70 @@ static int message(struct ctx *c, const double *F, const struct edge *ed,
 		G[k] = H[k] = INF;
 		Ga[k] = Ha[k] = NONE;
 	}
+	const uint32_t *cls = c->e->scls;
+	const double *seg = c->e->seg;
 	for (uint32_t x = 0; x < n; x++) {
 		if (F[x] == INF)
 			continue;
 		double v = F[x];
 		if (child_is_producer && B > 0)
-			v += egw * fed->sites[x].egress_gb;
-		size_t k = fed->sites[x].cls;
+			v += egw * seg[x];
+		size_t k = cls[x];
 		if (v < G[k]) {
 			G[k] = v;
 			Ga[k] = x;
 		}
 	}
+	/*
+	 * H[k2] is the least (value, site) pair over classes k, an order-free
+	 * minimum. Edge costs are >= 0 (weights, prices and times are), so
+	 * v >= G[k]: scanning classes by rising G, the scan stops at the
+	 * first G[k] above the best found, usually after a few classes.
+	 */
+	uint32_t *live = talloc(c, K * sizeof(uint32_t));
+	size_t nlive = 0;
+	if (!live)
+		return MER_ENOMEM;
+	for (size_t k = 0; k < K; k++) {
+		if (G[k] == INF)
+			continue;
+		size_t j = nlive++;
+		while (j > 0 && G[live[j - 1]] > G[k]) {
+			live[j] = live[j - 1];
+			j--;
+		}
+		live[j] = (uint32_t)k;
+	}
+	/* cost between classes k -> k2 for this edge, without the source
+	 * site's own egress price (added per site): ca * eg + cb * spb */
+	double ca = pw->we * B / 1e9, cb = pw->wt * B;
+	const double *ceg = c->e->cls_eg, *cspb = c->e->cls_spb;
 	for (size_t k2 = 0; k2 < K; k2++) {
-		for (size_t k = 0; k < K; k++) {
-			if (G[k] == INF)
-				continue;
+		double h = INF;
+		uint32_t ha = NONE;
+		for (size_t q = 0; q < nlive; q++) {
+			size_t k = live[q];
+			if (G[k] > h)
+				break;
 			double v = G[k];
-			if (B > 0)
-				v += child_is_producer
-					 ? class_cost(c, k, k2, B, pw)
-					 : class_cost(c, k2, k, B, pw);
-			if (v < H[k2] || (v == H[k2] && Ga[k] < Ha[k2])) {
-				H[k2] = v;
-				Ha[k2] = Ga[k];
+			if (B > 0) {
+				size_t ix =
+				    child_is_producer ? k * K + k2 : k2 * K + k;
+				v += ca * ceg[ix] + cb * cspb[ix];
+			}
+			if (v < h || (v == h && Ga[k] < ha)) {
+				h = v;
+				ha = Ga[k];
 			}
 		}
+		H[k2] = h;
+		Ha[k2] = ha;
 	}
 	for (uint32_t y = 0; y < n; y++) {
-		size_t k = fed->sites[y].cls;
+		size_t k = cls[y];
 		double moved = H[k];
 		if (!child_is_producer && B > 0 && moved < INF)
-			moved += egw * fed->sites[y].egress_gb;
+			moved += egw * seg[y];
 		double stay = F[y];
 		if (stay < moved || (stay == moved && y <= Ha[k])) {
 			m[y] = stay;
@@ -1313,7 +1520,7 @@ static int solve_tree(struct ctx *c, double *const *u, const struct pw *pw,
 	uint8_t *seen = talloc(c, ns);
 	double **F = talloc(c, ns * sizeof(double *));
 	uint32_t **arg = talloc(c, ns * sizeof(uint32_t *));
-	double *m = talloc(c, n * sizeof(double));
+	double *m = mer_arena_alloc_raw(&c->tmp, n * sizeof(double) + 1);
 	int rv;
 
 	if (!order || !parent || !pedge || !seen || !F || !arg || !m)
@@ -1342,7 +1549,7 @@ static int solve_tree(struct ctx *c, double *const *u, const struct pw *pw,
 		}
 	}
 	for (size_t i = 0; i < ns; i++) {
-		F[i] = talloc(c, n * sizeof(double));
+		F[i] = mer_arena_alloc_raw(&c->tmp, n * sizeof(double) + 1);
 		if (!F[i])
 			return MER_ENOMEM;
 		memcpy(F[i], u[i], n * sizeof(double));
@@ -1352,7 +1559,8 @@ static int solve_tree(struct ctx *c, double *const *u, const struct pw *pw,
 		if (p == SIZE_MAX)
 			continue;
 		const struct edge *ed = &c->edges[pedge[ch]];
-		arg[ch] = talloc(c, n * sizeof(uint32_t));
+		arg[ch] =
+		    mer_arena_alloc_raw(&c->tmp, n * sizeof(uint32_t) + 1);
 		if (!arg[ch])
 			return MER_ENOMEM;
 		if ((rv = message(c, F[ch], ed, ed->p == ch, pw, m, arg[ch])))
@@ -1390,7 +1598,8 @@ static int solve(struct ctx *c, double *const *u, const struct pw *pw,
 
 	if (!g)
 		return MER_ENOMEM;
-	solve_greedy(c, u, pw, g);
+	if ((rv = solve_greedy(c, u, pw, g)))
+		return rv;
 	*greedy_total = plan_total(c, u, pw, g);
 	memcpy(a, g, ns * sizeof(uint32_t));
 	if (ns == 1 || c->nedges == 0) {
@@ -1501,8 +1710,9 @@ static int alloc_stage_arrays(struct ctx *c, size_t i)
 	struct sinfo *si = &c->si[i];
 	size_t n = c->fed->nsites;
 
-	si->u = talloc(c, n * sizeof(double));
-	si->um = talloc(c, n * sizeof(double));
+	/* written for every site by eval_site: no need to zero them */
+	si->u = mer_arena_alloc_raw(&c->tmp, n * sizeof(double) + 1);
+	si->um = mer_arena_alloc_raw(&c->tmp, n * sizeof(double) + 1);
 	if (!si->u || !si->um)
 		return MER_ENOMEM;
 	if (si->R > 1) {
@@ -1687,29 +1897,49 @@ static int reserve(struct ctx *c)
 	return 0;
 }
 
-static void explain_choice(struct ctx *c, size_t i, const uint32_t *a,
-			   const struct pw *pw)
+static int explain_choice(struct ctx *c, size_t i, const uint32_t *a,
+			  const struct pw *pw)
 {
 	struct mer_stage_result *r = &c->out->stages[i];
 	const struct mer_weights *w = &c->pol->w;
-	size_t n = c->fed->nsites;
+	size_t n = c->fed->nsites, K = c->fed->ncls, np = 0;
+	const uint32_t *cls = c->e->scls;
 	uint32_t cond_best = a[i];
 	double cond = INF;
 
+	/* Per producer edge (incidence order), egress and transfer time
+	 * from the producer's site to each class: looked up per site
+	 * below instead of recomputed. */
+	for (size_t k = 0; k < c->ninc[i]; k++)
+		np += c->edges[c->inc[i][k]].c == i;
+	double *teg = talloc(c, (np * K + 1) * sizeof(double));
+	double *tt = talloc(c, (np * K + 1) * sizeof(double));
+	uint32_t *src = talloc(c, (np + 1) * sizeof(uint32_t));
+	double *bytes = talloc(c, (np + 1) * sizeof(double));
+	if (!teg || !tt || !src || !bytes)
+		return MER_ENOMEM;
+	np = 0;
+	for (size_t k = 0; k < c->ninc[i]; k++) {
+		const struct edge *e = &c->edges[c->inc[i][k]];
+		if (e->c != i)
+			continue;
+		src[np] = a[e->p];
+		bytes[np] = e->bytes;
+		class_table(c, a[e->p], e->bytes, pw, TBL_EGRESS, teg + np * K);
+		class_table(c, a[e->p], e->bytes, pw, TBL_TRANSFER,
+			    tt + np * K);
+		np++;
+	}
 	/* Each site's terms include moving the producers' outputs from
 	 * where the producers were placed. */
 	for (uint32_t s = 0; s < n; s++) {
 		struct mer_site_eval *ev = &r->evals[s];
 		if (ev->reason != MER_R_OK)
 			continue;
-		for (size_t k = 0; k < c->ninc[i]; k++) {
-			const struct edge *e = &c->edges[c->inc[i][k]];
-			if (e->c != i)
-				continue;
-			double eg =
-			    mer_fed_egress_usd(c->fed, a[e->p], s, e->bytes);
-			double t =
-			    mer_fed_transfer_s(c->fed, a[e->p], s, e->bytes);
+		for (size_t k = 0; k < np; k++) {
+			int same = s == src[k] || bytes[k] <= 0;
+			double eg = same ? 0 : teg[k * K + cls[s]];
+			double t = same ? 0 : tt[k * K + cls[s]];
 			ev->egress_usd += eg;
 			ev->money_usd += eg;
 			ev->transfer_s += t;
@@ -1721,7 +1951,6 @@ static void explain_choice(struct ctx *c, size_t i, const uint32_t *a,
 			cond_best = s;
 		}
 	}
-	(void)pw;
 	if (r->status == MER_STAGE_FIXED)
 		snprintf(r->note, sizeof(r->note), "fixed: %s at %s",
 			 c->si[i].finished ? "finished" : "running",
@@ -1735,6 +1964,7 @@ static void explain_choice(struct ctx *c, size_t i, const uint32_t *a,
 			 "its outputs cost more to move on; %s scores %.2f",
 			 c->fed->sites[cond_best].name, cond,
 			 c->fed->sites[a[i]].name, r->evals[a[i]].total);
+	return 0;
 }
 
 static double makespan(const struct ctx *c, const uint32_t *a)
@@ -1775,7 +2005,8 @@ static int finish(struct ctx *c, const uint32_t *a, const struct pw *pw)
 		r->preempts = ev->preempts;
 		if ((rv = make_shares(c, i, a[i])))
 			return rv;
-		explain_choice(c, i, a, pw);
+		if ((rv = explain_choice(c, i, a, pw)))
+			return rv;
 		if (r->status == MER_STAGE_PLACED)
 			out->money_usd += r->evals[a[i]].money_usd;
 	}
@@ -1867,10 +2098,11 @@ static int place(struct ctx *c, int do_reserve)
 	struct pw pw = {pol->w.egress, c->vot_s * pol->w.transfer_time};
 	for (size_t i = 0; i < ns; i++) {
 		struct mer_stage_result *r = &out->stages[i];
-		r->evals =
-		    mer_arena_alloc(&out->arena, (n + 1) * sizeof(*r->evals));
+		r->evals = mer_arena_alloc_raw(&out->arena,
+					       (n + 1) * sizeof(*r->evals));
 		if (!r->evals)
 			return MER_ENOMEM;
+		memset(&r->evals[n], 0, sizeof(*r->evals));
 		for (uint32_t s = 0; s < n; s++)
 			eval_site(c, i, s, &r->evals[s]);
 		apply_tiers(c, i);
@@ -1969,6 +2201,7 @@ int mer_engine_place(struct mer_engine *e, const struct mer_place_input *in,
 		return MER_ENOMEM;
 	}
 	memset(&c, 0, sizeof(c));
+	c.tmp = e->scratch; /* reuses the blocks of earlier calls */
 	c.e = e;
 	c.fed = e->fed;
 	c.pol = e->pol;
@@ -1976,7 +2209,8 @@ int mer_engine_place(struct mer_engine *e, const struct mer_place_input *in,
 	c.job = in->job;
 	c.out = p;
 	rv = place(&c, do_reserve);
-	mer_arena_free(&c.tmp);
+	mer_arena_reset(&c.tmp);
+	e->scratch = c.tmp;
 	if (rv) {
 		mer_placement_free(p);
 		return rv;

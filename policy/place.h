@@ -10,7 +10,8 @@
  * must outlive it and every placement it returns. It keeps the capacity and
  * quota reserved by earlier placements of a round (batch placement), so one
  * engine must not be used by two threads at once; build one per round or
- * per thread (building is O(sites)).
+ * per thread (building is O(sites)). It keeps the scratch memory of its
+ * last placement (a few arrays per site and stage) to reuse in the next.
  */
 #ifndef MERIDIAN_POLICY_PLACE_H
 #define MERIDIAN_POLICY_PLACE_H
