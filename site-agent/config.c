@@ -1,0 +1,508 @@
+/*
+ * The site config table and the structural checks of its nested parts
+ * (labels, shared pools, GPU prices, datasets). Only parsing and checking:
+ * dataset paths are looked at when a summary is built, not here, so a
+ * dataset that appears later is seen without a restart.
+ */
+#include "site-agent/config.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "common/err.h"
+
+static const struct mer_cfg_enum sched_enums[] = {
+    {"slurm", MER_AGENT_SLURM},
+    {"kubernetes", MER_AGENT_KUBERNETES},
+    {"yarn", MER_AGENT_YARN},
+    {"sim", MER_AGENT_SIM},
+    {NULL, 0},
+};
+
+const char *mer_agent_sched_name(int kind)
+{
+	for (size_t i = 0; sched_enums[i].name; i++) {
+		if (sched_enums[i].value == kind)
+			return sched_enums[i].name;
+	}
+	return "unknown";
+}
+
+/* Names that travel in the summary must pass the broker's check
+ * (policy/jv.c): 1-63 of A-Z a-z 0-9 . _ : / -. */
+static int name_ok(const char *s)
+{
+	size_t n = s ? strlen(s) : 0;
+
+	if (n == 0 || n > 63)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		char c = s[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		      (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+		      c == '-' || c == ':' || c == '/'))
+			return 0;
+	}
+	return 1;
+}
+
+static const char *check_name(const void *field, const void *cfg, char *msg,
+			      size_t n)
+{
+	const char *s = *(char *const *)field;
+
+	(void)cfg;
+	(void)msg;
+	(void)n;
+	if (!name_ok(s))
+		return "must be 1-63 characters of A-Z a-z 0-9 . _ : / -";
+	return NULL;
+}
+
+static const char *check_url(const void *field, const void *cfg, char *msg,
+			     size_t n)
+{
+	const char *s = *(char *const *)field;
+	const struct mer_agent_cfg *c = cfg;
+
+	(void)msg;
+	(void)n;
+	if (!s || !*s)
+		return c->kind == MER_AGENT_SIM
+			   ? NULL
+			   : "required for this scheduler kind";
+	if (strncmp(s, "unix://", 7) == 0 && s[7] == '/')
+		return NULL;
+	if (strncmp(s, "http://", 7) == 0 || strncmp(s, "https://", 8) == 0)
+		return NULL;
+	return "must start with unix:///, http:// or https://";
+}
+
+static const char *check_sim_file(const void *field, const void *cfg, char *msg,
+				  size_t n)
+{
+	const char *s = *(char *const *)field;
+	const struct mer_agent_cfg *c = cfg;
+
+	(void)msg;
+	(void)n;
+	if (c->kind == MER_AGENT_SIM && (!s || !*s))
+		return "required when scheduler.kind is sim";
+	return NULL;
+}
+
+static const char *check_fabric(const void *field, const void *cfg, char *msg,
+				size_t n)
+{
+	const struct mer_strlist *l = field;
+
+	(void)cfg;
+	for (size_t i = 0; i < l->n; i++) {
+		if (strcmp(l->v[i], "ib") && strcmp(l->v[i], "roce") &&
+		    strcmp(l->v[i], "eth")) {
+			snprintf(msg, n, "'%.40s' is not one of ib, roce, eth",
+				 l->v[i]);
+			return msg;
+		}
+	}
+	return NULL;
+}
+
+static int check_labels(const struct mer_json_doc *doc, const char *path,
+			const json_t *v, const void *cfg, char *err,
+			size_t errlen)
+{
+	const char *key;
+	json_t *val;
+	char p[256];
+
+	(void)cfg;
+	json_object_foreach((json_t *)v, key, val)
+	{
+		snprintf(p, sizeof(p), "%s", path);
+		mer_json_path_append(p, sizeof(p), key);
+		if (!json_is_string(val)) {
+			mer_json_doc_errf(doc, p, err, errlen,
+					  "expected a string, got %s",
+					  mer_json_type_name(val));
+			return MER_EINVAL;
+		}
+	}
+	return 0;
+}
+
+static int check_fabric_json(const struct mer_json_doc *doc, const char *path,
+			     const json_t *v, char *err, size_t errlen)
+{
+	size_t i;
+	json_t *e;
+	char p[300];
+
+	if (!json_is_array(v)) {
+		mer_json_doc_errf(doc, path, err, errlen,
+				  "expected an array, got %s",
+				  mer_json_type_name(v));
+		return MER_EINVAL;
+	}
+	json_array_foreach(v, i, e)
+	{
+		const char *s = json_string_value(e);
+		if (snprintf(p, sizeof(p), "%s[%zu]", path, i) >=
+		    (int)sizeof(p))
+			p[0] = '\0';
+		if (!s || (strcmp(s, "ib") && strcmp(s, "roce") &&
+			   strcmp(s, "eth"))) {
+			mer_json_doc_errf(doc, p, err, errlen,
+					  "must be one of ib, roce, eth");
+			return MER_EINVAL;
+		}
+	}
+	return 0;
+}
+
+static int check_pools(const struct mer_json_doc *doc, const char *path,
+		       const json_t *v, const void *cfg, char *err,
+		       size_t errlen)
+{
+	size_t i;
+	json_t *e;
+	char p[256], q[300];
+
+	(void)cfg;
+	json_array_foreach(v, i, e)
+	{
+		const char *key;
+		json_t *val;
+		snprintf(p, sizeof(p), "%s[%zu]", path, i);
+		if (json_is_string(e)) {
+			if (!name_ok(json_string_value(e)))
+				goto bad_name;
+			continue;
+		}
+		if (!json_is_object(e)) {
+			mer_json_doc_errf(doc, p, err, errlen,
+					  "expected a pool name or an object, "
+					  "got %s",
+					  mer_json_type_name(e));
+			return MER_EINVAL;
+		}
+		json_object_foreach(e, key, val)
+		{
+			snprintf(q, sizeof(q), "%s", p);
+			mer_json_path_append(q, sizeof(q), key);
+			if (strcmp(key, "name") == 0) {
+				if (!json_is_string(val) ||
+				    !name_ok(json_string_value(val))) {
+					mer_json_doc_errf(
+					    doc, q, err, errlen,
+					    "must be a pool name (1-63 of "
+					    "A-Z a-z 0-9 . _ : / -)");
+					return MER_EINVAL;
+				}
+			} else if (strcmp(key, "fraction") == 0) {
+				double f = json_number_value(val);
+				if (!json_is_number(val) || f < 0 || f > 1) {
+					mer_json_doc_errf(doc, q, err, errlen,
+							  "must be a number "
+							  "from 0 to 1");
+					return MER_EINVAL;
+				}
+			} else if (strcmp(key, "fabric") == 0) {
+				int rv =
+				    check_fabric_json(doc, q, val, err, errlen);
+				if (rv)
+					return rv;
+			} else {
+				mer_json_doc_key_errf(doc, q, err, errlen,
+						      "unknown key '%s' (name, "
+						      "fraction, fabric)",
+						      key);
+				return MER_EINVAL;
+			}
+		}
+		if (!json_object_get(e, "name")) {
+			mer_json_doc_errf(doc, p, err, errlen,
+					  "a pool needs a name");
+			return MER_EINVAL;
+		}
+	}
+	return 0;
+bad_name:
+	mer_json_doc_errf(
+	    doc, p, err, errlen,
+	    "must be a pool name (1-63 of A-Z a-z 0-9 . _ : / -)");
+	return MER_EINVAL;
+}
+
+static int check_gpu_hour(const struct mer_json_doc *doc, const char *path,
+			  const json_t *v, const void *cfg, char *err,
+			  size_t errlen)
+{
+	const char *key;
+	json_t *val;
+	char p[256];
+
+	(void)cfg;
+	json_object_foreach((json_t *)v, key, val)
+	{
+		snprintf(p, sizeof(p), "%s", path);
+		mer_json_path_append(p, sizeof(p), key);
+		if (!name_ok(key) || strchr(key, ':')) {
+			mer_json_doc_key_errf(doc, p, err, errlen,
+					      "'%s' is not a GPU model name",
+					      key);
+			return MER_EINVAL;
+		}
+		if (!json_is_number(val) || json_number_value(val) < 0 ||
+		    json_number_value(val) > 1e6) {
+			mer_json_doc_errf(doc, p, err, errlen,
+					  "must be a number from 0 to 1e6");
+			return MER_EINVAL;
+		}
+	}
+	return 0;
+}
+
+static int check_datasets(const struct mer_json_doc *doc, const char *path,
+			  const json_t *v, const void *cfg, char *err,
+			  size_t errlen)
+{
+	size_t i, j;
+	json_t *e, *t;
+	char p[256], q[300];
+
+	(void)cfg;
+	json_array_foreach(v, i, e)
+	{
+		const char *key;
+		json_t *val;
+		snprintf(p, sizeof(p), "%s[%zu]", path, i);
+		if (!json_is_object(e)) {
+			mer_json_doc_errf(doc, p, err, errlen,
+					  "expected an object, got %s",
+					  mer_json_type_name(e));
+			return MER_EINVAL;
+		}
+		json_object_foreach(e, key, val)
+		{
+			snprintf(q, sizeof(q), "%s", p);
+			mer_json_path_append(q, sizeof(q), key);
+			if (strcmp(key, "name") == 0) {
+				if (!json_is_string(val) ||
+				    !name_ok(json_string_value(val))) {
+					mer_json_doc_errf(
+					    doc, q, err, errlen,
+					    "must be a dataset name (1-63 "
+					    "of A-Z a-z 0-9 . _ : / -)");
+					return MER_EINVAL;
+				}
+				for (j = 0; j < i; j++) {
+					const char *o =
+					    json_string_value(json_object_get(
+						json_array_get(v, j), "name"));
+					if (o && strcmp(o, json_string_value(
+							       val)) == 0) {
+						mer_json_doc_errf(
+						    doc, q, err, errlen,
+						    "duplicate dataset "
+						    "'%s'",
+						    o);
+						return MER_EINVAL;
+					}
+				}
+			} else if (strcmp(key, "bytes") == 0) {
+				if (!json_is_integer(val) ||
+				    json_integer_value(val) < 0) {
+					mer_json_doc_errf(
+					    doc, q, err, errlen,
+					    "must be a non-negative "
+					    "integer");
+					return MER_EINVAL;
+				}
+			} else if (strcmp(key, "path") == 0) {
+				const char *s = json_string_value(val);
+				if (!s || !*s) {
+					mer_json_doc_errf(
+					    doc, q, err, errlen,
+					    "must be a non-empty path "
+					    "(/posix, hdfs://, s3://)");
+					return MER_EINVAL;
+				}
+				if (s[0] != '/' && strncmp(s, "hdfs://", 7) &&
+				    strncmp(s, "s3://", 5)) {
+					mer_json_doc_errf(
+					    doc, q, err, errlen,
+					    "must be an absolute posix "
+					    "path, hdfs:// or s3://");
+					return MER_EINVAL;
+				}
+			} else if (strcmp(key, "tags") == 0) {
+				if (!json_is_array(val))
+					goto bad_tags;
+				json_array_foreach(val, j, t)
+				{
+					if (!json_is_string(t) ||
+					    !*json_string_value(t))
+						goto bad_tags;
+				}
+			} else {
+				mer_json_doc_key_errf(doc, q, err, errlen,
+						      "unknown key '%s' (name, "
+						      "bytes, path, tags)",
+						      key);
+				return MER_EINVAL;
+			}
+			continue;
+		bad_tags:
+			mer_json_doc_errf(doc, q, err, errlen,
+					  "must be a list of non-empty "
+					  "strings");
+			return MER_EINVAL;
+		}
+		if (!json_object_get(e, "name") ||
+		    !json_object_get(e, "path")) {
+			mer_json_doc_errf(doc, p, err, errlen,
+					  "a dataset needs a name and a path");
+			return MER_EINVAL;
+		}
+	}
+	return 0;
+}
+
+#define C struct mer_agent_cfg
+static const struct mer_cfg_row rows[] = {
+    {MER_CFG_ROW_STRING("site.name", C, name, 1, 63, NULL),
+     .flags = MER_CFG_REQUIRED, .validate = check_name,
+     .help = "the site's name in the federation"},
+    {MER_CFG_ROW_STRING("site.region", C, region, 1, 63, NULL),
+     .flags = MER_CFG_REQUIRED, .validate = check_name,
+     .help = "region, e.g. cn-east-1"},
+    {MER_CFG_ROW_STRING("site.zone", C, zone, 0, 63, ""),
+     .help = "zone inside the region"},
+    {MER_CFG_ROW_JSON("site.labels", C, labels, "{}"),
+     .flags = MER_CFG_JSON_OBJECT, .check_json = check_labels,
+     .help = "labels such as country and provider"},
+    {MER_CFG_ROW_ENUM("scheduler.kind", C, kind, sched_enums, NULL),
+     .flags = MER_CFG_REQUIRED, .help = "slurm, kubernetes, yarn or sim"},
+    {MER_CFG_ROW_STRING("scheduler.url", C, url, 0, 1024, ""),
+     .validate = check_url,
+     .help = "unix:///path, http://host:port or https://host:port"},
+    {MER_CFG_ROW_STRING("scheduler.user", C, user, 0, 64, ""),
+     .help = "slurm: user name for X-SLURM-USER-NAME"},
+    {MER_CFG_ROW_STRING("scheduler.token", C, token, 0, 8192, ""),
+     .flags = MER_CFG_SECRET, .help = "slurm JWT or kubernetes bearer token"},
+    {MER_CFG_ROW_PATH("scheduler.token_file", C, token_file, ""),
+     .flags = MER_CFG_READABLE, .help = "file holding the token"},
+    {MER_CFG_ROW_PATH("scheduler.ca_file", C, ca_file, ""),
+     .flags = MER_CFG_READABLE, .help = "CA bundle for https"},
+    {MER_CFG_ROW_BOOL("scheduler.insecure", C, insecure, "false"),
+     .help = "skip TLS verification (never in production)"},
+    {MER_CFG_ROW_STRING("scheduler.namespace", C, namespace_, 1, 63, "default"),
+     .help = "kubernetes namespace for stage Jobs"},
+    {MER_CFG_ROW_BOOL("scheduler.volcano", C, volcano, "false"),
+     .help = "kubernetes: Volcano installed; gang stages use it"},
+    {MER_CFG_ROW_STRING("scheduler.queue", C, queue, 0, 63, ""),
+     .help = "default partition / YARN queue / Volcano queue"},
+    {MER_CFG_ROW_STRING("scheduler.api_version", C, api_version, 0, 16, ""),
+     .help = "slurm: OpenAPI version (v0.0.38); empty = discover"},
+    {MER_CFG_ROW_PATH("scheduler.sim_file", C, sim_file, ""),
+     .flags = MER_CFG_READABLE, .validate = check_sim_file,
+     .help = "sim: the simulated site's description"},
+    {MER_CFG_ROW_DOUBLE("scheduler.time_scale", C, time_scale, 0.001, 1e6, "1"),
+     .help = "sim: stage seconds that pass per real second"},
+    {MER_CFG_ROW_DURATION("scheduler.timeout", C, timeout_ms, 100, 300000,
+			  "10s"),
+     .help = "per scheduler request"},
+    {MER_CFG_ROW_DOUBLE("share.fraction", C, share_fraction, 0, 1, "1"),
+     .help = "the most of each pool offered to the federation"},
+    {MER_CFG_ROW_JSON("share.pools", C, share_pools, "[]"),
+     .flags = MER_CFG_JSON_ARRAY, .check_json = check_pools,
+     .help = "pools shared (names or {name, fraction, fabric}); [] = all"},
+    {MER_CFG_ROW_STRLIST("fabric", C, fabric, 0, 3, NULL),
+     .validate = check_fabric, .help = "ib, roce, eth"},
+    {MER_CFG_ROW_STRLIST("storage", C, storage, 0, 16, NULL),
+     .help = "storage systems: lustre, gpfs, hdfs, s3 ..."},
+    {MER_CFG_ROW_JSON("prices.gpu_hour", C, gpu_hour, "{}"),
+     .flags = MER_CFG_JSON_OBJECT, .check_json = check_gpu_hour,
+     .help = "USD per GPU-hour by model"},
+    {MER_CFG_ROW_DOUBLE("prices.core_hour", C, core_hour, 0, 1e6, "0"),
+     .help = "USD per core-hour"},
+    {MER_CFG_ROW_DOUBLE("prices.memory_gb_hour", C, memory_gb_hour, 0, 1e6,
+			"0"),
+     .help = "USD per GB-hour of memory"},
+    {MER_CFG_ROW_DOUBLE("prices.egress_gb", C, egress_gb, 0, 1e6, "0"),
+     .help = "USD per GB leaving the site"},
+    {MER_CFG_ROW_DOUBLE("wan_gbps", C, wan_gbps, 0, 1e6, "0"),
+     .help = "WAN bandwidth in Gbit/s; 0 = not limited"},
+    {MER_CFG_ROW_JSON("datasets", C, datasets, "[]"),
+     .flags = MER_CFG_JSON_ARRAY, .check_json = check_datasets,
+     .help = "datasets held: name, bytes, path, tags"},
+    {MER_CFG_ROW_PATH("agent.state_file", C, state_file,
+		      "meridian-agent.state"),
+     .help = "stage -> local job map, written atomically"},
+    {MER_CFG_ROW_PATH("agent.key_file", C, key_file, "meridian-agent.key"),
+     .help = "the site's key pair (0600)"},
+    {MER_CFG_ROW_STRING("agent.broker", C, broker_url, 0, 1024, ""),
+     .help = "broker link URL, tcp://host:7400"},
+    {MER_CFG_ROW_STRING("agent.broker_key", C, broker_key, 0, 128, ""),
+     .help = "pinned broker key fingerprint SHA256:..."},
+    {MER_CFG_ROW_DURATION("agent.report_interval", C, report_interval_ms, 100,
+			  3600000, "30s"),
+     .help = "summary every interval (and on change)"},
+    {MER_CFG_ROW_DURATION("agent.poll_interval", C, poll_interval_ms, 10,
+			  600000, "5s"),
+     .help = "how often running stages are checked"},
+    {MER_CFG_ROW_DURATION("agent.retry_max", C, retry_max_ms, 10, 3600000,
+			  "1m"),
+     .help = "longest wait between retries of an unreachable scheduler"},
+};
+#undef C
+
+const struct mer_cfg_table mer_agent_cfg_table =
+    MER_CFG_TABLE(struct mer_agent_cfg, rows);
+
+int mer_agent_cfg_load(const char *path, struct mer_agent_cfg *cfg, char *err,
+		       size_t errlen)
+{
+	return mer_cfg_load_file(&mer_agent_cfg_table, path, cfg, err, errlen);
+}
+
+int mer_agent_cfg_load_string(const char *name, const char *text,
+			      struct mer_agent_cfg *cfg, char *err,
+			      size_t errlen)
+{
+	return mer_cfg_load_string(&mer_agent_cfg_table, name, text,
+				   strlen(text), cfg, err, errlen);
+}
+
+void mer_agent_cfg_free(struct mer_agent_cfg *cfg)
+{
+	mer_cfg_free(&mer_agent_cfg_table, cfg);
+}
+
+void mer_agent_cfg_pool_share(const struct mer_agent_cfg *cfg, const char *pool,
+			      int *shared, double *fraction,
+			      const json_t **fabric)
+{
+	size_t i;
+	json_t *e;
+
+	*fraction = cfg->share_fraction;
+	*fabric = NULL;
+	*shared = json_array_size(cfg->share_pools) == 0;
+	json_array_foreach(cfg->share_pools, i, e)
+	{
+		const char *n =
+		    json_is_string(e)
+			? json_string_value(e)
+			: json_string_value(json_object_get(e, "name"));
+		json_t *f;
+		if (!n || strcmp(n, pool) != 0)
+			continue;
+		*shared = 1;
+		if ((f = json_object_get(e, "fraction")))
+			*fraction = json_number_value(f);
+		*fabric = json_object_get(e, "fabric");
+		return;
+	}
+}

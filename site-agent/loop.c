@@ -1,0 +1,184 @@
+/*
+ * The link loop (see loop.h). Summaries go through the link's outbox
+ * (fire and forget, one at a time); stage events and command results are
+ * sent synchronously and dropped from the state file only once the broker
+ * has acknowledged them, so a crash or a broker restart loses none.
+ */
+#include "site-agent/loop.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/err.h"
+#include "common/link.h"
+#include "common/log.h"
+#include "site-agent/runner.h"
+
+static long long mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+	while (nanosleep(&ts, &ts) != 0)
+		;
+}
+
+/* The summary without its heartbeat, to tell a change from a tick. */
+static char *summary_key(json_t *s)
+{
+	json_t *c = json_deep_copy(s);
+	char *t;
+
+	if (!c)
+		return NULL;
+	json_object_del(json_object_get(c, "site"), "last_heartbeat");
+	t = json_dumps(c, JSON_COMPACT | JSON_SORT_KEYS);
+	json_decref(c);
+	return t;
+}
+
+int mer_agent_loop_run(const struct mer_agent_loop_opts *o, char *err,
+		       size_t errlen)
+{
+	const struct mer_agent_cfg *cfg = o->cfg;
+	struct mer_agent *a = NULL;
+	struct mer_link_client *c = NULL;
+	struct mer_link_client_opts lo = {0};
+	char *last = NULL;
+	long long next_report = 0, next_probe = 0, next_send = 0;
+	unsigned long seq = 0;
+	int wait = o->poll_wait_ms, rv, backoff = 0;
+	json_t *results = json_array();
+
+	if (!results)
+		return MER_ENOMEM;
+	if (wait <= 0)
+		wait = (int)(cfg->poll_interval_ms < cfg->report_interval_ms
+				 ? cfg->poll_interval_ms
+				 : cfg->report_interval_ms);
+	if ((rv = mer_agent_open(cfg, &a, err, errlen)))
+		goto out;
+	lo.url = o->broker_url ? o->broker_url : cfg->broker_url;
+	lo.broker_fp = o->broker_fp ? o->broker_fp : cfg->broker_key;
+	lo.key = o->key;
+	if (!lo.url || !*lo.url || !lo.broker_fp || !*lo.broker_fp) {
+		snprintf(err, errlen,
+			 "no broker URL or broker key: set "
+			 "agent.broker and agent.broker_key");
+		rv = MER_EINVAL;
+		goto out;
+	}
+	if ((rv = mer_link_client_open(&lo, &c))) {
+		snprintf(err, errlen, "cannot open the link to %s: %s", lo.url,
+			 mer_strerror(rv));
+		goto out;
+	}
+	mer_info("agent running", "site=%s broker=%s scheduler=%s", cfg->name,
+		 lo.url, mer_agent_sched_name(cfg->kind));
+	while (!atomic_load(o->stop)) {
+		long long now = mono_ms();
+		json_t *sum = NULL, *cmds = NULL, *ev;
+		char *key;
+		size_t i;
+
+		if (now >= next_probe) {
+			mer_agent_probe(a); /* failures mark the site down */
+			next_probe = now + cfg->report_interval_ms;
+		}
+		mer_agent_tick(a);
+		if (mer_agent_summary(a, &sum) == 0) {
+			key = summary_key(sum);
+			if (key &&
+			    (!last || strcmp(key, last) != 0 ||
+			     now >= next_report) &&
+			    mer_link_client_queued(c) == 0) {
+				json_object_set_new(sum, "type",
+						    json_string("summary"));
+				char id[64];
+				snprintf(id, sizeof(id), "sum-%lld-%lu",
+					 (long long)time(NULL), ++seq);
+				json_object_set_new(sum, "id", json_string(id));
+				if (mer_link_client_enqueue(c, sum) == 0) {
+					sum = NULL;
+					free(last);
+					last = key;
+					key = NULL;
+					next_report =
+					    now + cfg->report_interval_ms;
+				}
+			}
+			free(key);
+			json_decref(sum);
+		}
+		/* Events and results: synchronously, kept until acked. */
+		ev = mer_agent_events(a);
+		if (now >= next_send &&
+		    (json_array_size(ev) || json_array_size(results))) {
+			char id[64];
+			json_t *rep;
+			snprintf(id, sizeof(id), "ev-%lld-%lu",
+				 (long long)time(NULL), ++seq);
+			rep = json_pack("{s:s, s:s, s:O, s:O}", "type",
+					"events", "id", id, "events", ev,
+					"results", results);
+			rv = rep ? mer_link_client_report(c, rep, 0)
+				 : MER_ENOMEM;
+			json_decref(rep);
+			if (rv == MER_EREVOKED)
+				goto revoked;
+			if (rv == 0) {
+				json_t *ids = json_array();
+				json_array_foreach(ev, i, rep)
+				    json_array_append(
+					ids, json_object_get(rep, "id"));
+				mer_agent_ack_events(a, ids);
+				json_decref(ids);
+				json_array_clear(results);
+				backoff = 0;
+			} else {
+				backoff = backoff ? backoff * 2 : 200;
+				if (backoff > 10000)
+					backoff = 10000;
+				next_send = mono_ms() + backoff;
+			}
+		}
+		json_decref(ev);
+		rv = mer_link_client_poll(c, wait, &cmds);
+		if (rv == MER_EREVOKED)
+			goto revoked;
+		if (rv) {
+			json_decref(cmds);
+			sleep_ms(wait < 200 ? wait : 200);
+			continue;
+		}
+		json_t *cmd;
+		json_array_foreach(cmds, i, cmd)
+		{
+			json_t *reply = NULL;
+			mer_agent_command(a, cmd, &reply);
+			if (reply)
+				json_array_append_new(results, reply);
+		}
+		json_decref(cmds);
+	}
+	rv = 0;
+	mer_link_client_flush(c, 2000);
+	goto out;
+revoked:
+	snprintf(err, errlen, "the broker revoked this site");
+	mer_error("site revoked; stopping", "site=%s", cfg->name);
+	rv = MER_EREVOKED;
+out:
+	free(last);
+	json_decref(results);
+	mer_link_client_close(c);
+	mer_agent_close(a);
+	return rv;
+}
