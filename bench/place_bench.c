@@ -3,12 +3,15 @@
  * datasets and stage outputs to move) against generated federations of 10,
  * 100, 1,000 and 10,000 sites in 20 regions, on one core. Prints a human
  * block and one "BENCH {...}" JSON line per size for bench/run.sh.
- * Measures mer_engine_place with its full per-site explanation; JSON
- * serialization of the result is not included.
+ * Measures mer_engine_place with the explanation the placement keeps
+ * (a compact record per site and stage, from which mer_placement_eval and
+ * mer_placement_to_json rebuild every term); a second figure adds what the
+ * broker does next, mer_placement_to_json(pl, 5) and freeing the JSON.
  *
- * `place_bench --sites N --iters K` instead runs exactly K placements
- * against one federation of N sites, all inside place_once(), so that
- * instruction counts can be taken on a noisy shared machine:
+ * `place_bench --sites N --iters K [--json]` instead runs exactly K
+ * placements against one federation of N sites, all inside place_once()
+ * (with --json: place_json_once()), so that instruction counts can be
+ * taken on a noisy shared machine:
  *   valgrind --tool=callgrind --toggle-collect=place_once \
  *       place_bench --sites 1000 --iters 200
  * and Ir / K is the instruction count of one placement.
@@ -138,6 +141,46 @@ place_once(struct mer_engine *e, const struct mer_place_input *in)
 	return rv;
 }
 
+/* The broker's unit: a placement, its JSON record (5 candidates), both
+ * released. */
+__attribute__((noinline)) static int
+place_json_once(struct mer_engine *e, const struct mer_place_input *in)
+{
+	struct mer_placement *pl = NULL;
+	int rv = mer_engine_place(e, in, 0, &pl);
+
+	if (!rv) {
+		json_t *j = mer_placement_to_json(pl, 5);
+		if (!j)
+			rv = MER_ENOMEM;
+		json_decref(j);
+	}
+	mer_placement_free(pl);
+	return rv;
+}
+
+/* Median seconds per call of fn over RUNS runs of >= 0.3 s each. */
+static double median_s(int (*fn)(struct mer_engine *,
+				 const struct mer_place_input *),
+		       struct mer_engine *e, const struct mer_place_input *in)
+{
+	double runs[RUNS];
+
+	for (int r = 0; r < RUNS; r++) {
+		unsigned iters = 0;
+		double start = now_s(), t;
+		do {
+			if (fn(e, in))
+				return -1;
+			iters++;
+			t = now_s() - start;
+		} while (t < 0.3 || iters < 3);
+		runs[r] = t / iters;
+	}
+	qsort(runs, RUNS, sizeof(double), cmp_d);
+	return runs[RUNS / 2];
+}
+
 static int parse_count(const char *s, unsigned long max, unsigned long *out)
 {
 	char *end = NULL;
@@ -154,7 +197,7 @@ static int parse_count(const char *s, unsigned long max, unsigned long *out)
 
 /* Exactly iters placements against sites sites (for callgrind). */
 static int run_fixed(const struct mer_job *job, const struct mer_policy *pol,
-		     unsigned long sites, unsigned long iters)
+		     unsigned long sites, unsigned long iters, int with_json)
 {
 	json_t *fj = gen_fed((unsigned)sites);
 	struct mer_fed *fed = NULL;
@@ -174,7 +217,7 @@ static int run_fixed(const struct mer_job *job, const struct mer_policy *pol,
 	}
 	double start = now_s();
 	for (unsigned long i = 0; i < iters; i++) {
-		if (place_once(e, &in)) {
+		if (with_json ? place_json_once(e, &in) : place_once(e, &in)) {
 			mer_engine_free(e);
 			mer_fed_free(fed);
 			return 1;
@@ -199,6 +242,7 @@ int main(int argc, char **argv)
 	int status = 0;
 
 	unsigned long fixed_sites = 0, fixed_iters = 0;
+	int with_json = 0;
 
 	for (int k = 1; k < argc; k++) {
 		if (k + 1 < argc && strcmp(argv[k], "--sites") == 0 &&
@@ -209,8 +253,11 @@ int main(int argc, char **argv)
 			   parse_count(argv[k + 1], 100000000UL,
 				       &fixed_iters) == 0) {
 			k++;
+		} else if (strcmp(argv[k], "--json") == 0) {
+			with_json = 1;
 		} else {
-			fprintf(stderr, "usage: %s [--sites N --iters K]\n",
+			fprintf(stderr,
+				"usage: %s [--sites N --iters K [--json]]\n",
 				argv[0]);
 			return 2;
 		}
@@ -226,7 +273,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (fixed_sites) {
-		status = run_fixed(job, pol, fixed_sites, fixed_iters);
+		status =
+		    run_fixed(job, pol, fixed_sites, fixed_iters, with_json);
 		mer_job_free(job);
 		mer_policy_free(pol);
 		return status;
@@ -234,15 +282,14 @@ int main(int argc, char **argv)
 	printf("placement engine: 3-stage chain (prep -> train -> serve), "
 	       "%d regions, one core\n",
 	       REGIONS);
-	printf("%8s %14s %12s %10s %10s %s\n", "sites", "placements/s",
-	       "us/place", "engine_ms", "method", "complete");
+	printf("%8s %14s %12s %14s %10s %10s %s\n", "sites", "placements/s",
+	       "us/place", "+json(5) /s", "engine_ms", "method", "complete");
 	for (size_t z = 0; z < 4; z++) {
 		unsigned n = sizes[z];
 		json_t *fj = gen_fed(n);
 		struct mer_fed *fed = NULL;
 		struct mer_engine *e = NULL;
 		struct mer_place_input in = {.job = job, .now = 1000};
-		double runs[RUNS];
 		struct mer_placement *pl = NULL;
 
 		if (mer_fed_from_json(fj, NULL, &fed, err, sizeof(err))) {
@@ -260,28 +307,22 @@ int main(int argc, char **argv)
 		const char *method = pl->method;
 		int complete = pl->complete;
 		mer_placement_free(pl);
-		for (int r = 0; r < RUNS; r++) {
-			unsigned iters = 0;
-			double start = now_s(), t;
-			do {
-				if (place_once(e, &in))
-					return 1;
-				iters++;
-				t = now_s() - start;
-			} while (t < 0.3 || iters < 3);
-			runs[r] = t / iters;
-		}
-		qsort(runs, RUNS, sizeof(double), cmp_d);
-		double med = runs[RUNS / 2];
+		double med = median_s(place_once, e, &in);
+		double medj = median_s(place_json_once, e, &in);
+		if (med <= 0 || medj <= 0)
+			return 1;
 		us[z] = med * 1e6;
 		per_sec[z] = 1.0 / med;
-		printf("%8u %14.0f %12.1f %10.2f %10s %s\n", n, per_sec[z],
-		       us[z], eng_ms, method, complete ? "yes" : "no");
+		printf("%8u %14.0f %12.1f %14.0f %10.2f %10s %s\n", n,
+		       per_sec[z], us[z], 1.0 / medj, eng_ms, method,
+		       complete ? "yes" : "no");
 		printf("BENCH {\"bench\":\"place\",\"sites\":%u,\"regions\":%d,"
 		       "\"stages\":3,\"per_sec\":%.0f,\"us_per_place\":%.2f,"
-		       "\"engine_build_ms\":%.3f,\"runs\":%d,\"method\":"
+		       "\"per_sec_with_json\":%.0f,\"us_per_place_with_json\":"
+		       "%.2f,\"engine_build_ms\":%.3f,\"runs\":%d,\"method\":"
 		       "\"%s\"}\n",
-		       n, REGIONS, per_sec[z], us[z], eng_ms, RUNS, method);
+		       n, REGIONS, per_sec[z], us[z], 1.0 / medj, medj * 1e6,
+		       eng_ms, RUNS, method);
 		mer_engine_free(e);
 		mer_fed_free(fed);
 	}

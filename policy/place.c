@@ -75,6 +75,20 @@ struct edge {
 	double bytes;
 };
 
+/* What mer_placement_eval needs besides the federation, policy and job to
+ * rebuild a site's terms: lives in the placement's arena. */
+struct mer_stage_expl {
+	int fixed;	    /* cost sunk: only the producers' terms count */
+	int explained;	    /* the producers' terms were added (plan made) */
+	struct ext_in *ext; /* inputs that are not stage outputs */
+	size_t next;
+	const uint8_t *near_ok;	 /* [nregions] or NULL */
+	double *spill, *spill_m; /* [nsites] replicas spilled, or NULL */
+	size_t np;		 /* producer edges, incidence order */
+	uint32_t *psite;	 /* where each producer was placed */
+	double *pbytes;
+};
+
 struct sinfo {
 	int fixed_site; /* -1: placed by this call */
 	int finished;
@@ -133,6 +147,12 @@ struct ctx {
 static void *talloc(struct ctx *c, size_t n)
 {
 	return mer_arena_alloc(&c->tmp, n ? n : 1);
+}
+
+/* Memory the placement keeps (for mer_placement_eval). */
+static void *palloc(struct ctx *c, size_t n)
+{
+	return mer_arena_alloc(&c->out->arena, n ? n : 1);
 }
 
 /* ---- engine ---- */
@@ -426,7 +446,7 @@ static int prep_ext(struct ctx *c, struct sinfo *si, const struct mer_stage *st,
 	     d < fed->ndatasets && strcmp(fed->datasets[d].name, in->name) == 0;
 	     d++)
 		cnt++;
-	x->rep = talloc(c, (cnt + 1) * sizeof(uint32_t));
+	x->rep = palloc(c, (cnt + 1) * sizeof(uint32_t));
 	if (!x->rep)
 		return MER_ENOMEM;
 	for (size_t j = 0; j < cnt; j++) {
@@ -456,10 +476,10 @@ static int prep_ext(struct ctx *c, struct sinfo *si, const struct mer_stage *st,
 		si->next++;
 		return 0;
 	}
-	x->kc = talloc(c, K * sizeof(double));
-	x->keg = talloc(c, K * sizeof(double));
-	x->kt = talloc(c, K * sizeof(double));
-	x->holds = talloc(c, fed->nsites);
+	x->kc = palloc(c, K * sizeof(double));
+	x->keg = palloc(c, K * sizeof(double));
+	x->kt = palloc(c, K * sizeof(double));
+	x->holds = palloc(c, fed->nsites);
 	double *rbest = talloc(c, K * sizeof(double));
 	if (!x->kc || !x->keg || !x->kt || !x->holds || !rbest)
 		return MER_ENOMEM;
@@ -605,7 +625,7 @@ static int prep_stage(struct ctx *c, size_t i)
 		for (size_t t = 0; t < st->outputs[k].ntags; t++)
 			if ((rv = add_tag(c, si, st->outputs[k].tags[t], &cap)))
 				return rv;
-	si->ext = talloc(c, (st->ninputs + 1) * sizeof(*si->ext));
+	si->ext = palloc(c, (st->ninputs + 1) * sizeof(*si->ext));
 	if (!si->ext)
 		return MER_ENOMEM;
 	for (size_t k = 0; k < st->ninputs; k++) {
@@ -647,7 +667,7 @@ static int prep_stage(struct ctx *c, size_t i)
 						   0, r, &si->region_rule[r]);
 	}
 	if (st->nnear) {
-		si->near_ok = talloc(c, nr);
+		si->near_ok = palloc(c, nr);
 		if (!si->near_ok)
 			return MER_ENOMEM;
 		for (size_t k = 0; k < st->nnear; k++) {
@@ -877,13 +897,65 @@ static int tenant_allowed(const struct mer_site *s, const char *tenant)
 	return 0;
 }
 
-static void reject(struct mer_site_eval *ev, int reason)
+static void reject(struct mer_site_brief *ev, int reason)
 {
 	ev->reason = (uint8_t)reason;
 }
 
+/* Price of one replica per hour with GPU kind gk (-1: none). */
+static inline double unit_price(const double *ph, double cpu, double mem,
+				double gpu, int gk)
+{
+	return ph[MER_KIND_CPU] * cpu + ph[MER_KIND_MEM] * mem +
+	       (gk >= 0 ? ph[gk] * gpu : 0);
+}
+
+/* Egress USD and transfer seconds of the stage's outside inputs to site s
+ * of class cls. */
+static inline void ext_terms(const struct ext_in *ext, size_t next, uint32_t s,
+			     uint32_t cls, double *egress, double *tsec)
+{
+	double eg = 0, t = 0;
+
+	for (size_t x = 0; x < next; x++) {
+		const struct ext_in *xi = &ext[x];
+		if (!xi->kc || xi->holds[s])
+			continue;
+		eg += xi->keg[cls];
+		t += xi->kt[cls];
+	}
+	*egress = eg;
+	*tsec = t;
+}
+
+struct terms {
+	double per_replica, compute, policy, money, F, V, total;
+};
+
+/* The score of a feasible site: the one formula both the engine and
+ * mer_placement_eval use, so the two agree bit for bit. */
+static inline void score_terms(const struct mer_policy *pol, double vot_s,
+			       double price, double runtime, double wait,
+			       unsigned k, double egress, double tsec,
+			       double near_pen, double fixed_pol,
+			       struct terms *t)
+{
+	const struct mer_weights *w = &pol->w;
+
+	t->per_replica = price * runtime / 3600;
+	t->compute = t->per_replica * k;
+	t->policy = fixed_pol + near_pen * k;
+	t->money = t->compute + egress;
+	t->F = w->egress * egress + vot_s * w->transfer_time * tsec +
+	       w->preference * fixed_pol;
+	t->V = w->compute * t->per_replica +
+	       vot_s * (w->wait * wait + w->runtime * runtime) +
+	       w->preference * near_pen;
+	t->total = t->F + t->V * k;
+}
+
 static void eval_site(struct ctx *c, size_t i, uint32_t s,
-		      struct mer_site_eval *ev)
+		      struct mer_site_brief *ev)
 {
 	const struct mer_fed *fed = c->fed;
 	const struct mer_policy *pol = c->pol;
@@ -892,8 +964,8 @@ static void eval_site(struct ctx *c, size_t i, uint32_t s,
 	struct sinfo *si = &c->si[i];
 	const struct mer_weights *w = &pol->w;
 
-	/* evals come unzeroed: every field is written here */
-	*ev = (struct mer_site_eval){.site = s, .kind = -1, .aux = -1};
+	/* briefs come unzeroed: every field is written here */
+	*ev = (struct mer_site_brief){.kind = -1, .aux = -1};
 	si->u[s] = INF;
 	si->um[s] = INF;
 	if (si->fixed_site >= 0) {
@@ -903,7 +975,7 @@ static void eval_site(struct ctx *c, size_t i, uint32_t s,
 			return;
 		}
 		/* Its cost is sunk; only where its outputs are matters. */
-		ev->replicas = si->R;
+		ev->aux = (int32_t)si->R;
 		si->u[s] = si->um[s] = 0;
 		return;
 	}
@@ -917,8 +989,8 @@ static void eval_site(struct ctx *c, size_t i, uint32_t s,
 		if (pol->site_stale_after_s > 0 && site->last_heartbeat > 0 &&
 		    (double)(c->in->now - site->last_heartbeat) >
 			pol->site_stale_after_s) {
-			ev->have = (double)(c->in->now - site->last_heartbeat);
-			ev->need = pol->site_stale_after_s;
+			ev->b = (double)(c->in->now - site->last_heartbeat);
+			ev->a = pol->site_stale_after_s;
 			return reject(ev, MER_R_STALE);
 		}
 		if ((site->ntenants_allow || site->ntenants_deny) &&
@@ -938,7 +1010,7 @@ static void eval_site(struct ctx *c, size_t i, uint32_t s,
 		return reject(ev, MER_R_INPUT_MISSING);
 	}
 	if (c->stages_blocked) {
-		ev->need = (double)c->stages_blocked;
+		ev->a = (double)c->stages_blocked;
 		return reject(ev, MER_R_QUOTA_STAGES);
 	}
 
@@ -1001,9 +1073,7 @@ static void eval_site(struct ctx *c, size_t i, uint32_t s,
 			}
 			continue;
 		}
-		double price = ph[MER_KIND_CPU] * si->cpu +
-			       ph[MER_KIND_MEM] * si->mem +
-			       (gk >= 0 ? ph[gk] * si->gpu : 0);
+		double price = unit_price(ph, si->cpu, si->mem, si->gpu, gk);
 		/* The first fit is taken whatever its key (keys are finite),
 		 * so keys are only computed once a second model fits. */
 		if (best_gk != -2) {
@@ -1024,8 +1094,8 @@ static void eval_site(struct ctx *c, size_t i, uint32_t s,
 	}
 	if (best_gk == -2) {
 		ev->kind = (int16_t)fail.kind;
-		ev->need = fail.need;
-		ev->have = fail.have;
+		ev->a = fail.need;
+		ev->b = fail.have;
 		return reject(ev, fail.reason ? fail.reason : MER_R_CAPACITY);
 	}
 
@@ -1040,55 +1110,147 @@ static void eval_site(struct ctx *c, size_t i, uint32_t s,
 	}
 	if (c->job->deadline > 0 &&
 	    (double)c->in->now + wait + runtime > (double)c->job->deadline) {
-		ev->need = (double)c->in->now + wait + runtime -
-			   (double)c->job->deadline;
+		ev->a = (double)c->in->now + wait + runtime -
+			(double)c->job->deadline;
 		return reject(ev, MER_R_DEADLINE);
 	}
 	double per_replica = best_price * runtime / 3600;
 	if (c->budget_left >= 0 && per_replica > c->budget_left + 1e-9) {
-		ev->need = per_replica;
-		ev->have = c->budget_left;
+		ev->a = per_replica;
+		ev->b = c->budget_left;
 		return reject(ev, MER_R_BUDGET);
 	}
-	double egress = 0, tsec = 0;
-	uint32_t cls = c->e->scls[s];
-	for (size_t x = 0; x < si->next; x++) {
-		const struct ext_in *xi = &si->ext[x];
-		if (!xi->kc || xi->holds[s])
-			continue;
-		egress += xi->keg[cls];
-		tsec += xi->kt[cls];
-	}
+	double egress, tsec;
+	ext_terms(si->ext, si->next, s, c->e->scls[s], &egress, &tsec);
 	double near_pen = 0;
 	if (si->near_ok && !si->near_ok[ridx])
 		near_pen = pol->near_miss_usd_per_replica_hour * runtime / 3600;
 	double fixed_pol =
 	    c->e->pref[s] + (best_pre ? pol->preemption_penalty_usd : 0);
+	struct terms t;
+	score_terms(pol, c->vot_s, best_price, runtime, wait, k, egress, tsec,
+		    near_pen, fixed_pol, &t);
 
+	/* Only what depends on capacity and history is kept; the other
+	 * terms are rebuilt by mer_placement_eval when asked for. */
 	ev->kind = (int16_t)best_gk;
 	ev->preempts = (uint8_t)best_pre;
-	ev->replicas = k;
-	ev->compute_usd = per_replica * k;
-	ev->egress_usd = egress;
-	ev->transfer_s = tsec;
-	ev->wait_s = wait;
-	ev->runtime_s = runtime;
-	ev->policy_usd = fixed_pol + near_pen * k;
-	ev->money_usd = ev->compute_usd + egress;
-	double F = w->egress * egress + c->vot_s * w->transfer_time * tsec +
-		   w->preference * fixed_pol;
-	double V = w->compute * per_replica +
-		   c->vot_s * (w->wait * wait + w->runtime * runtime) +
-		   w->preference * near_pen;
-	ev->total = F + V * k;
-	si->u[s] = ev->total;
-	si->um[s] = ev->money_usd;
+	ev->aux = (int32_t)k;
+	ev->a = wait;
+	ev->b = runtime;
+	si->u[s] = t.total;
+	si->um[s] = t.money;
 	if (si->R > 1) {
-		si->F[s] = F;
-		si->V[s] = V;
+		si->F[s] = t.F;
+		si->V[s] = t.V;
 		si->MF[s] = egress;
 		si->MV[s] = per_replica;
 		si->units[s] = k;
+	}
+}
+
+/*
+ * All sites for stage i. The common case (one replica, not a gang, no
+ * history, deadline, budget or GPU quota in play, a healthy one-pool site
+ * whose free capacity fits) is scored here inline; every other site goes
+ * through eval_site, and so does any site this path is unsure of. The
+ * inline path makes the same decisions with the same expressions, so the
+ * results are the same bit for bit (checked by golden comparison).
+ */
+static void eval_stage(struct ctx *c, size_t i, struct mer_site_brief *br)
+{
+	const struct mer_engine *e = c->e;
+	const struct mer_policy *pol = c->pol;
+	const struct mer_weights *w = &pol->w;
+	const struct mer_stage *st = &c->job->stages[i];
+	struct sinfo *si = &c->si[i];
+	size_t n = c->fed->nsites, nk = c->fed->nkinds;
+	int simple = si->fixed_site < 0 && si->R == 1 && !st->gang && !si->hn &&
+		     c->job->deadline <= 0 && c->budget_left < 0 &&
+		     si->missing < 0 && !c->stages_blocked;
+
+	for (int m = 0; simple && m < si->ngk; m++)
+		if (si->gk[m] >= 0 && c->quota_left[si->gk[m]] < INF)
+			simple = 0;
+	if (!simple) {
+		for (uint32_t s = 0; s < n; s++)
+			eval_site(c, i, s, &br[s]);
+		return;
+	}
+	const double cpu = si->cpu, mem = si->mem, gpu = si->gpu;
+	const unsigned fabric = si->fabric;
+	const double runtime = si->runtime, vot_s = c->vot_s;
+	const uint64_t gkmask = si->gkmask;
+	const int ngk = si->ngk, can_preempt = c->can_preempt;
+	double *u = si->u, *um = si->um;
+	for (uint32_t s = 0; s < n; s++) {
+		uint32_t ridx = e->sridx[s];
+		size_t p = e->pool0[s];
+		if (e->sslow[s] || (c->site_ok && !c->site_ok[s]) ||
+		    !si->region_ok[ridx] || e->pool0[s + 1] - p != 1) {
+			eval_site(c, i, s, &br[s]);
+			continue;
+		}
+		if (gkmask && !(e->kmask[s] & gkmask)) {
+			br[s] = (struct mer_site_brief){
+			    .reason = MER_R_GPU_MODEL, .kind = -1, .aux = -1};
+			u[s] = um[s] = INF;
+			continue;
+		}
+		const double *cp = &e->cap[p * nk];
+		if ((fabric && !(e->pfab[p] & fabric)) ||
+		    (mem > 0 && cp[MER_KIND_MEM] + 1e-9 < mem) ||
+		    (cpu > 0 && cp[MER_KIND_CPU] + 1e-9 < cpu)) {
+			eval_site(c, i, s, &br[s]);
+			continue;
+		}
+		/* the models that fit with free capacity, cheapest key */
+		const double *ph = e->sprice[s];
+		double wait = e->pwait[p], best_key = INF, best_price = 0;
+		int best_gk = -2, unsure = 0;
+		for (int m = 0; m < ngk; m++) {
+			int gk = si->gk[m];
+			if (gk >= 0 && !(e->kmask[s] & (1ULL << gk)))
+				continue;
+			if (gk >= 0 && gpu > 0 && cp[gk] + 1e-9 < gpu) {
+				/* preemption might make it fit */
+				unsure |= can_preempt;
+				continue;
+			}
+			double price = unit_price(ph, cpu, mem, gpu, gk);
+			if (best_gk != -2) {
+				if (best_key == INF)
+					best_key = w->compute * best_price *
+						       runtime / 3600 +
+						   vot_s * w->wait * wait;
+				double key =
+				    w->compute * price * runtime / 3600 +
+				    vot_s * w->wait * wait;
+				if (!(key < best_key))
+					continue;
+				best_key = key;
+			}
+			best_gk = gk;
+			best_price = price;
+		}
+		if (best_gk == -2 || unsure) {
+			eval_site(c, i, s, &br[s]);
+			continue;
+		}
+		double egress, tsec, near_pen = 0;
+		ext_terms(si->ext, si->next, s, e->scls[s], &egress, &tsec);
+		if (si->near_ok && !si->near_ok[ridx])
+			near_pen = pol->near_miss_usd_per_replica_hour *
+				   runtime / 3600;
+		struct terms t;
+		score_terms(pol, vot_s, best_price, runtime, wait, 1, egress,
+			    tsec, near_pen, e->pref[s] + 0.0, &t);
+		br[s] = (struct mer_site_brief){.kind = (int16_t)best_gk,
+						.aux = 1,
+						.a = wait,
+						.b = runtime};
+		u[s] = t.total;
+		um[s] = t.money;
 	}
 }
 
@@ -1098,7 +1260,7 @@ static void apply_tiers(struct ctx *c, size_t i)
 {
 	const struct mer_policy *pol = c->pol;
 	struct sinfo *si = &c->si[i];
-	struct mer_site_eval *evals = c->out->stages[i].evals;
+	struct mer_site_brief *evals = c->out->stages[i].brief;
 	size_t n = c->fed->nsites, nt = pol->ntiers + 1;
 	double best[17];
 
@@ -1109,8 +1271,7 @@ static void apply_tiers(struct ctx *c, size_t i)
 	for (size_t s = 0; s < n; s++) {
 		if (evals[s].reason != MER_R_OK)
 			continue;
-		double per =
-		    si->u[s] / (evals[s].replicas ? evals[s].replicas : 1);
+		double per = si->u[s] / (evals[s].aux ? evals[s].aux : 1);
 		size_t t = c->e->tier[s];
 		if (per < best[t])
 			best[t] = per;
@@ -1138,8 +1299,8 @@ static void apply_tiers(struct ctx *c, size_t i)
 			continue;
 		evals[s].reason = MER_R_TIER;
 		evals[s].aux = (int32_t)first;
-		evals[s].need = cur;
-		evals[s].have = best[t];
+		evals[s].a = cur;
+		evals[s].b = best[t];
 		si->u[s] = si->um[s] = INF;
 	}
 }
@@ -1172,7 +1333,8 @@ static int cmp_cand(const void *x, const void *y)
 static int expand_replicas(struct ctx *c, size_t i, const struct pw *pw)
 {
 	struct sinfo *si = &c->si[i];
-	struct mer_site_eval *evals = c->out->stages[i].evals;
+	struct mer_site_brief *evals = c->out->stages[i].brief;
+	struct mer_stage_expl *xp = c->out->stages[i].expl;
 	size_t n = c->fed->nsites, nc = 0;
 	double sum = 0;
 	const struct pw money = {1, 0};
@@ -1194,14 +1356,19 @@ static int expand_replicas(struct ctx *c, size_t i, const struct pw *pw)
 		return 0;
 	if (sum < si->R) {
 		for (size_t k = 0; k < nc; k++) {
-			struct mer_site_eval *ev = &evals[cs[k].s];
+			struct mer_site_brief *ev = &evals[cs[k].s];
 			ev->reason = MER_R_REPLICAS;
-			ev->need = si->R;
-			ev->have = sum;
+			ev->aux = -1;
+			ev->a = si->R;
+			ev->b = sum;
 			si->u[cs[k].s] = si->um[cs[k].s] = INF;
 		}
 		return 0;
 	}
+	xp->spill = palloc(c, n * sizeof(double));
+	xp->spill_m = palloc(c, n * sizeof(double));
+	if (!xp->spill || !xp->spill_m)
+		return MER_ENOMEM;
 	qsort(cs, nc, sizeof(*cs), cmp_cand);
 	for (size_t k = 0; k < nc; k++) {
 		uint32_t t = cs[k].s;
@@ -1218,11 +1385,10 @@ static int expand_replicas(struct ctx *c, size_t i, const struct pw *pw)
 				   pair_cost(c, t, s, si->in_bytes, &money);
 			rem -= kk;
 		}
-		evals[t].spill_usd = spill;
-		evals[t].total += spill;
-		evals[t].money_usd += spill_m;
-		si->u[t] = evals[t].total;
-		si->um[t] = evals[t].money_usd;
+		xp->spill[t] = spill;
+		xp->spill_m[t] = spill_m;
+		si->u[t] += spill;
+		si->um[t] += spill_m;
 	}
 	return 0;
 }
@@ -1711,7 +1877,8 @@ static int alloc_stage_arrays(struct ctx *c, size_t i)
 	size_t n = c->fed->nsites;
 
 	/* written for every site by eval_site: no need to zero them */
-	si->u = mer_arena_alloc_raw(&c->tmp, n * sizeof(double) + 1);
+	/* u becomes the stage's totals, kept by the placement */
+	si->u = mer_arena_alloc_raw(&c->out->arena, n * sizeof(double) + 1);
 	si->um = mer_arena_alloc_raw(&c->tmp, n * sizeof(double) + 1);
 	if (!si->u || !si->um)
 		return MER_ENOMEM;
@@ -1748,22 +1915,20 @@ static int build_incidence(struct ctx *c)
 	return 0;
 }
 
-static void summarize_reasons(const struct mer_stage_result *r, size_t n,
-			      char *buf, size_t len, const char *lead)
+static void summarize_reasons(const struct mer_stage_result *r, char *buf,
+			      size_t len, const char *lead)
 {
-	size_t cnt[MER_R_COUNT] = {0}, o = 0;
+	size_t o = 0;
 	int w = snprintf(buf, len, "%s", lead);
 
 	if (w < 0)
 		return;
 	o = (size_t)w;
-	for (size_t s = 0; s < n; s++)
-		cnt[r->evals[s].reason]++;
 	for (int k = 1; k < MER_R_COUNT && o < len; k++) {
-		if (!cnt[k])
+		if (!r->nreason[k])
 			continue;
 		w = snprintf(buf + o, len - o, " %s=%zu", mer_reason_name(k),
-			     cnt[k]);
+			     r->nreason[k]);
 		if (w < 0)
 			break;
 		o += (size_t)w;
@@ -1783,7 +1948,7 @@ static int make_shares(struct ctx *c, size_t i, uint32_t t)
 		if (!r->shares)
 			return MER_ENOMEM;
 		r->shares[0] =
-		    (struct mer_replica_share){t, si->R, r->evals[t].kind};
+		    (struct mer_replica_share){t, si->R, r->brief[t].kind};
 		r->nshares = 1;
 		return 0;
 	}
@@ -1792,7 +1957,7 @@ static int make_shares(struct ctx *c, size_t i, uint32_t t)
 	if (!cs)
 		return MER_ENOMEM;
 	for (uint32_t s = 0; s < n; s++) {
-		if (r->evals[s].reason != MER_R_OK)
+		if (r->brief[s].reason != MER_R_OK)
 			continue;
 		cs[nc].s = s;
 		cs[nc].key = si->V[s] + si->F[s] / si->units[s];
@@ -1804,14 +1969,14 @@ static int make_shares(struct ctx *c, size_t i, uint32_t t)
 		return MER_ENOMEM;
 	unsigned rem = si->R - si->units[t];
 	r->shares[r->nshares++] =
-	    (struct mer_replica_share){t, si->units[t], r->evals[t].kind};
+	    (struct mer_replica_share){t, si->units[t], r->brief[t].kind};
 	for (size_t j = 0; j < nc && rem > 0; j++) {
 		if (cs[j].s == t)
 			continue;
 		unsigned kk =
 		    si->units[cs[j].s] < rem ? si->units[cs[j].s] : rem;
 		r->shares[r->nshares++] = (struct mer_replica_share){
-		    cs[j].s, kk, r->evals[cs[j].s].kind};
+		    cs[j].s, kk, r->brief[cs[j].s].kind};
 		rem -= kk;
 	}
 	return 0;
@@ -1901,53 +2066,53 @@ static int explain_choice(struct ctx *c, size_t i, const uint32_t *a,
 			  const struct pw *pw)
 {
 	struct mer_stage_result *r = &c->out->stages[i];
-	const struct mer_weights *w = &c->pol->w;
+	struct mer_stage_expl *xp = r->expl;
 	size_t n = c->fed->nsites, K = c->fed->ncls, np = 0;
 	const uint32_t *cls = c->e->scls;
+	const struct mer_site_brief *br = r->brief;
+	double *tot = r->totals;
 	uint32_t cond_best = a[i];
 	double cond = INF;
 
-	/* Per producer edge (incidence order), egress and transfer time
-	 * from the producer's site to each class: looked up per site
-	 * below instead of recomputed. */
+	/* Per producer edge (incidence order), the weighted cost of moving
+	 * its outputs from the producer's site to each class: looked up per
+	 * site below instead of recomputed. The placement keeps the sites
+	 * and bytes so that mer_placement_eval can split the terms. */
 	for (size_t k = 0; k < c->ninc[i]; k++)
 		np += c->edges[c->inc[i][k]].c == i;
-	double *teg = talloc(c, (np * K + 1) * sizeof(double));
-	double *tt = talloc(c, (np * K + 1) * sizeof(double));
-	uint32_t *src = talloc(c, (np + 1) * sizeof(uint32_t));
-	double *bytes = talloc(c, (np + 1) * sizeof(double));
-	if (!teg || !tt || !src || !bytes)
+	double *tp = talloc(c, (np * K + 1) * sizeof(double));
+	xp->psite = palloc(c, (np + 1) * sizeof(uint32_t));
+	xp->pbytes = palloc(c, (np + 1) * sizeof(double));
+	if (!tp || !xp->psite || !xp->pbytes)
 		return MER_ENOMEM;
 	np = 0;
 	for (size_t k = 0; k < c->ninc[i]; k++) {
 		const struct edge *e = &c->edges[c->inc[i][k]];
 		if (e->c != i)
 			continue;
-		src[np] = a[e->p];
-		bytes[np] = e->bytes;
-		class_table(c, a[e->p], e->bytes, pw, TBL_EGRESS, teg + np * K);
-		class_table(c, a[e->p], e->bytes, pw, TBL_TRANSFER,
-			    tt + np * K);
+		xp->psite[np] = a[e->p];
+		xp->pbytes[np] = e->bytes;
+		class_table(c, a[e->p], e->bytes, pw, TBL_PAIR, tp + np * K);
 		np++;
 	}
-	/* Each site's terms include moving the producers' outputs from
-	 * where the producers were placed. */
+	xp->np = np;
+	xp->explained = 1;
+	const uint32_t *src = xp->psite;
+	const double *bytes = xp->pbytes;
+	/* Each site's total includes moving the producers' outputs from
+	 * where the producers were placed: pair_cost(), i.e. the weighted
+	 * egress plus transfer time, added in the same order. */
 	for (uint32_t s = 0; s < n; s++) {
-		struct mer_site_eval *ev = &r->evals[s];
-		if (ev->reason != MER_R_OK)
+		if (br[s].reason != MER_R_OK)
 			continue;
+		double v = tot[s];
 		for (size_t k = 0; k < np; k++) {
 			int same = s == src[k] || bytes[k] <= 0;
-			double eg = same ? 0 : teg[k * K + cls[s]];
-			double t = same ? 0 : tt[k * K + cls[s]];
-			ev->egress_usd += eg;
-			ev->money_usd += eg;
-			ev->transfer_s += t;
-			ev->total +=
-			    w->egress * eg + c->vot_s * w->transfer_time * t;
+			v += same ? 0 : tp[k * K + cls[s]];
 		}
-		if (ev->total < cond) {
-			cond = ev->total;
+		tot[s] = v;
+		if (v < cond) {
+			cond = v;
 			cond_best = s;
 		}
 	}
@@ -1963,7 +2128,7 @@ static int explain_choice(struct ctx *c, size_t i, const uint32_t *a,
 			 "chosen for the joint plan: %s scores %.2f alone but "
 			 "its outputs cost more to move on; %s scores %.2f",
 			 c->fed->sites[cond_best].name, cond,
-			 c->fed->sites[a[i]].name, r->evals[a[i]].total);
+			 c->fed->sites[a[i]].name, tot[a[i]]);
 	return 0;
 }
 
@@ -1977,13 +2142,15 @@ static double makespan(const struct ctx *c, const uint32_t *a)
 	for (size_t q = 0; q < ns; q++) {
 		size_t i = c->job->topo[q];
 		const struct mer_stage *st = &c->job->stages[i];
-		const struct mer_site_eval *ev = &c->out->stages[i].evals[a[i]];
+		struct mer_site_eval ev;
 		double start = 0;
 		for (size_t k = 0; k < st->nafter; k++)
 			start = fmax(start, fin[st->deps[k]]);
-		if (c->si[i].fixed_site < 0)
+		if (c->si[i].fixed_site < 0) {
+			mer_placement_eval(c->out, i, a[i], &ev);
 			fin[i] =
-			    start + ev->transfer_s + ev->wait_s + ev->runtime_s;
+			    start + ev.transfer_s + ev.wait_s + ev.runtime_s;
+		}
 		span = fmax(span, fin[i]);
 	}
 	free(fin);
@@ -1995,10 +2162,12 @@ static int finish(struct ctx *c, const uint32_t *a, const struct pw *pw)
 	struct mer_placement *out = c->out;
 	int rv;
 
+	/* every site first: a stage's terms name its producers' sites */
+	for (size_t i = 0; i < out->nstages; i++)
+		out->stages[i].site = (int32_t)a[i];
 	for (size_t i = 0; i < out->nstages; i++) {
 		struct mer_stage_result *r = &out->stages[i];
-		const struct mer_site_eval *ev = &r->evals[a[i]];
-		r->site = (int32_t)a[i];
+		const struct mer_site_brief *ev = &r->brief[a[i]];
 		r->status = c->si[i].fixed_site >= 0 ? MER_STAGE_FIXED
 						     : MER_STAGE_PLACED;
 		r->gpu_kind = ev->kind;
@@ -2007,8 +2176,11 @@ static int finish(struct ctx *c, const uint32_t *a, const struct pw *pw)
 			return rv;
 		if ((rv = explain_choice(c, i, a, pw)))
 			return rv;
-		if (r->status == MER_STAGE_PLACED)
-			out->money_usd += r->evals[a[i]].money_usd;
+		if (r->status == MER_STAGE_PLACED) {
+			struct mer_site_eval full;
+			mer_placement_eval(out, i, a[i], &full);
+			out->money_usd += full.money_usd;
+		}
 	}
 	out->complete = 1;
 	out->makespan_s = makespan(c, a);
@@ -2024,7 +2196,6 @@ static int finish(struct ctx *c, const uint32_t *a, const struct pw *pw)
 static void leave_pending(struct ctx *c, const char *why)
 {
 	struct mer_placement *out = c->out;
-	size_t n = c->fed->nsites;
 
 	out->complete = 0;
 	out->method = "none";
@@ -2043,7 +2214,7 @@ static void leave_pending(struct ctx *c, const char *why)
 		r->site = -1;
 		r->gpu_kind = -1;
 		if (r->nfeasible == 0)
-			summarize_reasons(r, n, r->note, sizeof(r->note),
+			summarize_reasons(r, r->note, sizeof(r->note),
 					  "no site fits:");
 		else
 			snprintf(r->note, sizeof(r->note), "%s", why);
@@ -2098,18 +2269,26 @@ static int place(struct ctx *c, int do_reserve)
 	struct pw pw = {pol->w.egress, c->vot_s * pol->w.transfer_time};
 	for (size_t i = 0; i < ns; i++) {
 		struct mer_stage_result *r = &out->stages[i];
-		r->evals = mer_arena_alloc_raw(&out->arena,
-					       (n + 1) * sizeof(*r->evals));
-		if (!r->evals)
+		struct sinfo *si = &c->si[i];
+		struct mer_stage_expl *xp = palloc(c, sizeof(*xp));
+		r->brief = mer_arena_alloc_raw(&out->arena,
+					       (n + 1) * sizeof(*r->brief));
+		if (!r->brief || !xp)
 			return MER_ENOMEM;
-		memset(&r->evals[n], 0, sizeof(*r->evals));
-		for (uint32_t s = 0; s < n; s++)
-			eval_site(c, i, s, &r->evals[s]);
+		memset(&r->brief[n], 0, sizeof(*r->brief));
+		xp->fixed = si->fixed_site >= 0;
+		xp->ext = si->ext;
+		xp->next = si->next;
+		xp->near_ok = si->near_ok;
+		r->expl = xp;
+		r->totals = si->u;
+		eval_stage(c, i, r->brief);
 		apply_tiers(c, i);
 		if ((rv = expand_replicas(c, i, &pw)))
 			return rv;
 		for (uint32_t s = 0; s < n; s++)
-			r->nfeasible += r->evals[s].reason == MER_R_OK;
+			r->nreason[r->brief[s].reason]++;
+		r->nfeasible = r->nreason[MER_R_OK];
 	}
 	const char *blocker = NULL;
 	for (size_t i = 0; i < ns && !blocker; i++)
@@ -2242,4 +2421,74 @@ void mer_placement_free(struct mer_placement *p)
 		return;
 	struct mer_arena a = p->arena;
 	mer_arena_free(&a);
+}
+
+void mer_placement_eval(const struct mer_placement *p, size_t stage,
+			uint32_t site, struct mer_site_eval *ev)
+{
+	const struct mer_stage_result *r = &p->stages[stage];
+	const struct mer_site_brief *b = &r->brief[site];
+	const struct mer_stage_expl *xp = r->expl;
+	const struct mer_fed *fed = p->fed;
+	const struct mer_policy *pol = p->pol;
+	const struct mer_site *st = &fed->sites[site];
+
+	*ev = (struct mer_site_eval){.site = site,
+				     .reason = b->reason,
+				     .preempts = b->preempts,
+				     .kind = b->kind,
+				     .aux = -1};
+	if (b->reason != MER_R_OK) {
+		ev->aux = b->aux;
+		ev->need = b->a;
+		ev->have = b->b;
+		return;
+	}
+	ev->replicas = (unsigned)b->aux;
+	if (!xp->fixed) {
+		/* The engine's own formula over the same inputs: the same
+		 * bits as when it scored the site. */
+		const struct mer_stage *js = &p->job->stages[stage];
+		double vot_s = pol->vot_usd_hour[p->job->priority] / 3600.0;
+		double runtime = b->b, wait = b->a, egress, tsec, pref = 0;
+		double price =
+		    unit_price(st->price_hour, js->cpu, js->memory_mb,
+			       js->gpu_count, b->kind);
+		double near_pen = 0;
+		struct terms t;
+		ext_terms(xp->ext, xp->next, site, st->cls, &egress, &tsec);
+		if (xp->near_ok && !xp->near_ok[st->ridx])
+			near_pen = pol->near_miss_usd_per_replica_hour *
+				   runtime / 3600;
+		for (size_t k = 0; k < pol->nprefs; k++)
+			if (mer_selector_match(&pol->prefs[k].match, st))
+				pref += pol->prefs[k].usd;
+		double fixed_pol =
+		    pref + (b->preempts ? pol->preemption_penalty_usd : 0);
+		score_terms(pol, vot_s, price, runtime, wait, ev->replicas,
+			    egress, tsec, near_pen, fixed_pol, &t);
+		ev->compute_usd = t.compute;
+		ev->egress_usd = egress;
+		ev->transfer_s = tsec;
+		ev->wait_s = wait;
+		ev->runtime_s = runtime;
+		ev->policy_usd = t.policy;
+		ev->money_usd = t.money;
+		if (xp->spill) {
+			ev->spill_usd = xp->spill[site];
+			ev->money_usd += xp->spill_m[site];
+		}
+	}
+	for (size_t k = 0; xp->explained && k < xp->np; k++) {
+		uint32_t src = xp->psite[k];
+		double bytes = xp->pbytes[k];
+		int same = site == src || bytes <= 0;
+		double eg =
+		    same ? 0 : mer_fed_egress_usd(fed, src, site, bytes);
+		double t = same ? 0 : mer_fed_transfer_s(fed, src, site, bytes);
+		ev->egress_usd += eg;
+		ev->money_usd += eg;
+		ev->transfer_s += t;
+	}
+	ev->total = r->totals[site];
 }

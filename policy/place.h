@@ -116,7 +116,9 @@ const char *mer_reason_name(int reason);
 
 /* One site for one stage: a rejection, or the score terms. For a stage
  * with producers the terms include moving their outputs from where the
- * producers were placed. */
+ * producers were placed. A placement keeps only a compact record per site
+ * (struct mer_site_brief) and the totals; mer_placement_eval rebuilds this
+ * full form for one site on demand. */
 struct mer_site_eval {
 	uint32_t site;
 	uint8_t reason;	   /* enum mer_reason; MER_R_OK = feasible */
@@ -131,6 +133,21 @@ struct mer_site_eval {
 	double money_usd;  /* compute + egress (+ spilled replicas' money) */
 	double total;	   /* the weighted score; lower is better */
 };
+
+/* What a placement keeps per site and stage (24 bytes instead of the 104
+ * of mer_site_eval): the figures that depend on capacity, history or the
+ * filter; every other term is recomputed from the federation, policy and
+ * job by mer_placement_eval. */
+struct mer_site_brief {
+	uint8_t reason;	  /* enum mer_reason */
+	uint8_t preempts; /* as in mer_site_eval */
+	int16_t kind;	  /* as in mer_site_eval */
+	int32_t aux;	  /* rejected: reason detail; feasible: replicas */
+	double a, b;	  /* rejected: need, have; feasible: wait, runtime */
+};
+
+/* Stage data the on-demand explanation needs (opaque, in the arena). */
+struct mer_stage_expl;
 
 enum mer_stage_status {
 	MER_STAGE_PLACED = 0,
@@ -151,8 +168,11 @@ struct mer_stage_result {
 	int preempts;
 	struct mer_replica_share *shares; /* replicas by site */
 	size_t nshares;
-	struct mer_site_eval *evals; /* one per site, in site (name) order */
+	struct mer_site_brief *brief; /* one per site, in site (name) order */
+	double *totals; /* per site: the score total of feasible sites */
+	struct mer_stage_expl *expl;
 	size_t nfeasible;
+	size_t nreason[MER_R_COUNT]; /* sites per reason (MER_R_OK too) */
 	char note[320]; /* why pending, or how the site was chosen */
 };
 
@@ -198,6 +218,12 @@ int mer_engine_place_batch(struct mer_engine *e,
 			   const struct mer_place_input *in, size_t n,
 			   struct mer_placement **out);
 void mer_placement_free(struct mer_placement *p);
+
+/* The full explanation of site for stage, rebuilt from the compact record
+ * (bit for bit the terms the engine scored with). For rejected sites the
+ * score terms and total are 0. */
+void mer_placement_eval(const struct mer_placement *p, size_t stage,
+			uint32_t site, struct mer_site_eval *out);
 
 /* "capacity: needs 8 gpu:a800, 4 free to the federation" */
 void mer_place_reason_text(const struct mer_placement *p, size_t stage,

@@ -221,14 +221,16 @@ static json_t *num(double x)
 }
 
 static json_t *eval_json(const struct mer_placement *p, size_t stage,
-			 const struct mer_site_eval *ev, int chosen)
+			 uint32_t site, int chosen)
 {
 	const struct mer_fed *fed = p->fed;
 	json_t *o = json_object();
+	struct mer_site_eval full, *ev = &full;
 	char buf[512];
 
 	if (!o)
 		return NULL;
+	mer_placement_eval(p, stage, site, &full);
 	json_object_set_new(o, "site", json_string(fed->sites[ev->site].name));
 	if (ev->reason != MER_R_OK) {
 		mer_place_reason_text(p, stage, ev, buf, sizeof(buf));
@@ -262,17 +264,16 @@ static json_t *eval_json(const struct mer_placement *p, size_t stage,
 }
 
 struct rank {
-	const struct mer_site_eval *ev;
+	double total;
+	uint32_t site;
 };
 
-static int cmp_total(const void *a, const void *b)
+/* Lower total first, then the site first in name order. */
+static int rank_before(const struct rank *x, const struct rank *y)
 {
-	const struct mer_site_eval *x = ((const struct rank *)a)->ev;
-	const struct mer_site_eval *y = ((const struct rank *)b)->ev;
-
 	if (x->total != y->total)
-		return x->total < y->total ? -1 : 1;
-	return x->site < y->site ? -1 : x->site > y->site;
+		return x->total < y->total;
+	return x->site < y->site;
 }
 
 static json_t *candidates_json(const struct mer_placement *p, size_t i,
@@ -287,33 +288,45 @@ static json_t *candidates_json(const struct mer_placement *p, size_t i,
 	if (max == 0) {
 		for (size_t s = 0; s < n; s++)
 			json_array_append_new(arr,
-					      eval_json(p, i, &r->evals[s],
+					      eval_json(p, i, (uint32_t)s,
 							(int32_t)s == r->site));
 		return arr;
 	}
-	struct rank *rk = calloc(n + 1, sizeof(*rk));
-	size_t nf = 0, nrej = 0;
+	/* The best max feasible sites, kept sorted while scanning: the same
+	 * as sorting them all and taking the first max, without the sort. */
+	size_t keep = max < r->nfeasible ? max : r->nfeasible, nk = 0;
+	struct rank *rk = calloc(keep + 1, sizeof(*rk));
+	size_t nrej = 0;
 	if (!rk) {
 		json_decref(arr);
 		return NULL;
 	}
-	for (size_t s = 0; s < n; s++)
-		if (r->evals[s].reason == MER_R_OK)
-			rk[nf++].ev = &r->evals[s];
-	qsort(rk, nf, sizeof(*rk), cmp_total);
+	for (size_t s = 0; s < n && keep; s++) {
+		if (r->brief[s].reason != MER_R_OK)
+			continue;
+		struct rank c = {r->totals[s], (uint32_t)s};
+		if (nk == keep && !rank_before(&c, &rk[nk - 1]))
+			continue;
+		size_t j = nk < keep ? nk++ : nk - 1;
+		while (j > 0 && rank_before(&c, &rk[j - 1])) {
+			rk[j] = rk[j - 1];
+			j--;
+		}
+		rk[j] = c;
+	}
 	int chosen_listed = 0;
-	for (size_t k = 0; k < nf && k < max; k++) {
-		int ch = (int32_t)rk[k].ev->site == r->site;
+	for (size_t k = 0; k < nk; k++) {
+		int ch = (int32_t)rk[k].site == r->site;
 		chosen_listed |= ch;
-		json_array_append_new(arr, eval_json(p, i, rk[k].ev, ch));
+		json_array_append_new(arr, eval_json(p, i, rk[k].site, ch));
 	}
 	if (!chosen_listed && r->site >= 0)
 		json_array_append_new(arr,
-				      eval_json(p, i, &r->evals[r->site], 1));
+				      eval_json(p, i, (uint32_t)r->site, 1));
 	for (size_t s = 0; s < n && nrej < max; s++) {
-		if (r->evals[s].reason == MER_R_OK)
+		if (r->brief[s].reason == MER_R_OK)
 			continue;
-		json_array_append_new(arr, eval_json(p, i, &r->evals[s], 0));
+		json_array_append_new(arr, eval_json(p, i, (uint32_t)s, 0));
 		nrej++;
 	}
 	free(rk);
@@ -346,7 +359,7 @@ json_t *mer_placement_to_json(const struct mer_placement *p,
 	for (size_t i = 0; i < p->nstages; i++) {
 		const struct mer_stage_result *r = &p->stages[i];
 		json_t *s = json_object(), *counts = json_object();
-		size_t cnt[MER_R_COUNT] = {0};
+		const size_t *cnt = r->nreason;
 		json_object_set_new(s, "name",
 				    json_string(p->job->stages[i].name));
 		json_object_set_new(s, "status",
@@ -379,8 +392,6 @@ json_t *mer_placement_to_json(const struct mer_placement *p,
 		json_object_set_new(s, "note", json_string(r->note));
 		json_object_set_new(s, "feasible",
 				    json_integer((json_int_t)r->nfeasible));
-		for (size_t k = 0; k < fed->nsites; k++)
-			cnt[r->evals[k].reason]++;
 		for (int k = 1; k < MER_R_COUNT; k++)
 			if (cnt[k])
 				json_object_set_new(

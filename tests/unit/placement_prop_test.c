@@ -318,8 +318,9 @@ static double brute(const struct mer_placement *pl, uint32_t *chosen)
 		double t = 0;
 		int ok = 1;
 		for (size_t i = 0; i < ns && ok; i++) {
-			const struct mer_site_eval *ev =
-			    &pl->stages[i].evals[a[i]];
+			struct mer_site_eval full;
+			const struct mer_site_eval *ev = &full;
+			mer_placement_eval(pl, i, a[i], &full);
 			if (ev->reason != MER_R_OK) {
 				ok = 0;
 				break;

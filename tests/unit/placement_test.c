@@ -161,7 +161,7 @@ static void check(const char *ctx, const struct mer_placement *pl,
 	for (size_t i = 0; i < pl->nstages; i++) {
 		const struct mer_stage_result *r = &pl->stages[i];
 		if (r->status == MER_STAGE_PLACED &&
-		    r->evals[r->site].reason != MER_R_OK) {
+		    r->brief[r->site].reason != MER_R_OK) {
 			t_fail(__FILE__, __LINE__,
 			       "%s: stage %zu at a rejected "
 			       "site",
