@@ -62,7 +62,8 @@ BENCH_TOOLS := $(addprefix $(B)/bench/,$(notdir $(BENCH_TOOL_SRC:.c=)))
 
 vpath %_test.c tests/unit tests/integration
 
-.PHONY: all deps test check bench install clean build-tests build-bench fmt
+.PHONY: all deps test check bench install clean build-tests build-bench fmt \
+	demo demo-stop
 .DEFAULT_GOAL := all
 # Keep objects make thinks intermediate, so rebuilds stay incremental.
 .SECONDARY:
@@ -126,6 +127,14 @@ bench: deps
 	@$(MAKE) --no-print-directory build-bench
 	@MERIDIAN_BIN=$(abspath $(BINDIR)) MERIDIAN_TOP=$(CURDIR) \
 		bench/run.sh $(B)/bench
+
+# The local federation: etcd, a broker and sites on loopback (deploy/demo.sh).
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@deploy/demo.sh $(DEMO_ARGS)
+
+demo-stop:
+	@deploy/demo.sh --stop
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin
