@@ -1,0 +1,161 @@
+/*
+ * The broker process as a library: it owns the etcd client, the job store,
+ * membership, tenants, the policy, the placer thread and the REST server,
+ * and can be started and stopped in one process (bin/meridian-broker's
+ * main.c, and tests). The struct is shared by broker.c (life cycle and
+ * reload), api.c (REST handlers) and placer.c (placement); nothing outside
+ * broker/ should touch its fields.
+ */
+#ifndef MERIDIAN_BROKER_BROKER_H
+#define MERIDIAN_BROKER_BROKER_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "broker/membership.h"
+#include "broker/metrics.h"
+#include "broker/settings.h"
+#include "broker/store.h"
+#include "broker/tenants.h"
+#include "common/etcd.h"
+#include "common/http.h"
+#include "common/keys.h"
+#include "common/link.h"
+#include "policy/fed.h"
+#include "policy/place.h"
+#include "policy/policy.h"
+
+/* Stage and job states (DESIGN §3). */
+#define MER_ST_PENDING "pending"
+#define MER_ST_PLACED "placed"
+#define MER_ST_DISPATCHED "dispatched"
+#define MER_ST_RUNNING "running"
+#define MER_ST_SUCCEEDED "succeeded"
+#define MER_ST_FAILED "failed"
+#define MER_ST_CANCELLED "cancelled"
+
+/* A policy in force: the parsed form and where it came from. */
+struct mer_policy_ref {
+	struct mer_policy *pol;
+	json_t *doc;	 /* the JSON it was parsed from */
+	int64_t version; /* etcd version number; 0 = built-in */
+	long long applied_at;
+	int refs;
+};
+
+/* A federation snapshot shared by readers (counted). */
+struct mer_fed_ref {
+	struct mer_fed *fed;
+	int refs;
+	long long built_ms; /* monotonic */
+	uint64_t gen;	    /* b->fed_gen when the build started */
+};
+
+struct mer_broker {
+	struct mer_broker_cfg cfg; /* owned */
+	char *cfg_path;
+	struct mer_etcd *etcd;
+	struct mer_store *store;
+	struct mer_membership *members;
+	struct mer_metrics *metrics;
+	struct mer_http_server *http;
+	struct mer_link_server *link; /* NULL without listen.link */
+	struct mer_link_server_ops link_ops;
+	int have_key;
+	char key_fp[MER_KEY_FP_SIZE];
+
+	pthread_rwlock_t lock; /* tenants, policy, fed_file */
+	struct mer_tenants *tenants;
+	struct mer_policy_ref *policy;
+	json_t *fed_file; /* static sites/links/defaults, or NULL */
+
+	pthread_mutex_t fmu; /* fed_cache */
+	struct mer_fed_ref *fed_cache;
+	uint64_t fed_gen; /* bumped by every invalidation */
+	int fed_building; /* a reader is rebuilding the cache */
+
+	/* placer (placer.c) */
+	pthread_mutex_t pmu;
+	pthread_cond_t pcv;
+	char (*queue)[MER_JOB_ID_SIZE];
+	size_t nqueue, capqueue;
+	int pstop, prunning, kick;
+	pthread_t pthread;
+	struct job_table *jobs; /* known jobs' states (metrics, retries) */
+};
+
+/* Loads the config at path and builds a broker (does not listen). err gets
+ * one line naming the file and setting at fault. */
+int mer_broker_new(const char *cfg_path, struct mer_broker **out, char *err,
+		   size_t errlen);
+/* Loads state from etcd, starts the placer and the REST server. */
+int mer_broker_start(struct mer_broker *b, char *err, size_t errlen);
+/* The REST port (for configs that say port 0). */
+int mer_broker_http_port(const struct mer_broker *b);
+/* Re-reads the tenants and policy files (SIGHUP). A bad file is refused
+ * and the running one kept; err says why. */
+int mer_broker_reload(struct mer_broker *b, char *err, size_t errlen);
+void mer_broker_stop(struct mer_broker *b);
+void mer_broker_free(struct mer_broker *b);
+
+/* ---- shared inside broker/ -------------------------------------------- */
+
+/* The current policy (a counted reference): release with ..._put. */
+struct mer_policy_ref *mer_broker_policy_get(struct mer_broker *b);
+void mer_broker_policy_put(struct mer_broker *b, struct mer_policy_ref *p);
+/*
+ * Validates text as a policy and makes it the current one, stored as the
+ * next version in etcd (txn guarded by the current pointer's revision).
+ * MER_EINVAL/MER_EPARSE with err naming file:line:col; *version gets the
+ * new number.
+ */
+int mer_broker_policy_apply(struct mer_broker *b, const char *name,
+			    const char *text, size_t len, const char *by,
+			    int64_t *version, char *err, size_t errlen);
+
+/*
+ * The federation as the engine sees it now: static sites, the agents'
+ * latest reports, drained and revoked marks. *doc (may be NULL) gets the
+ * JSON it was built from (new reference).
+ */
+int mer_broker_federation(struct mer_broker *b, struct mer_fed **fed,
+			  json_t **doc, char *err, size_t errlen);
+
+/*
+ * The snapshot, rebuilt when the cached one is older than max_age_ms (0:
+ * always). Release with mer_broker_fed_put. Site changes made through the
+ * API call mer_broker_fed_invalidate so that the next reader rebuilds.
+ */
+int mer_broker_fed_get(struct mer_broker *b, long max_age_ms,
+		       struct mer_fed_ref **out, char *err, size_t errlen);
+void mer_broker_fed_put(struct mer_fed_ref *r);
+void mer_broker_fed_invalidate(struct mer_broker *b);
+
+/* placer.c */
+int mer_placer_start(struct mer_broker *b);
+void mer_placer_stop(struct mer_broker *b);
+void mer_placer_free_table(struct mer_broker *b);
+/* Queues a job for placement (on store, on retry). */
+void mer_placer_enqueue(struct mer_broker *b, const char *id);
+/* Wakes the placer to retry pending jobs now (sites changed). */
+void mer_placer_kick(struct mer_broker *b);
+/* Records a job's current state for the gauges. */
+void mer_placer_note(struct mer_broker *b, const json_t *rec);
+/* Writes the jobs/stages-by-state gauges. */
+void mer_placer_render(struct mer_broker *b, FILE *out);
+
+/* dispatch.c: the agent link, launches, events, cancels. */
+int mer_dispatch_start(struct mer_broker *b, char *err, size_t errlen);
+void mer_dispatch_stop(struct mer_broker *b);
+/* Launches the job's stages that are ready (placed, dependencies done). */
+void mer_dispatch_job(struct mer_broker *b, const char *id);
+/* Sends again the commands a record has in flight (after a restart, and
+ * cancels after DELETE). */
+void mer_dispatch_resend(struct mer_broker *b, const json_t *rec);
+
+/* api.c */
+int mer_api_register(struct mer_broker *b);
+
+#endif

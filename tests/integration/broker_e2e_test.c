@@ -1,0 +1,283 @@
+/*
+ * End to end with real agents: a real etcd, bin/meridian-broker with its
+ * agent link, and two bin/meridian-agent processes with the sim scheduler
+ * that join with tokens from POST /v1/tokens. A three-stage job goes
+ * submit -> placed -> dispatched -> running -> succeeded, stages in
+ * dependency order, on the sites the engine chose.
+ */
+#include "tests/integration/broker_fixture.h"
+
+#include <sodium.h>
+
+#include "common/err.h"
+#include "tests/harness.h"
+
+static struct bfx F;
+static struct t_proc *agents[2];
+static const char *site_names[2] = {"sim-a", "sim-b"};
+static const char *site_regions[2] = {"eu-west-1", "us-east-1"};
+
+static const char *nz(const char *s)
+{
+	return s ? s : "";
+}
+
+static int start_agent(int i)
+{
+	char cfg[600], text[4096], log[600], bin[600], sim[600];
+	const char *dir = getenv("MERIDIAN_BIN");
+	struct bres r;
+	int rv;
+
+	snprintf(text, sizeof(text),
+		 "{\"site\": \"%s\", \"region\": \"%s\", \"ttl\": \"10m\"}",
+		 site_names[i], site_regions[i]);
+	if ((rv = bfx_req(&F, "POST", "/v1/tokens", BFX_ADMIN, text, NULL,
+			  &r)) ||
+	    r.status != 201) {
+		bres_clear(&r);
+		return rv ? rv : MER_EREMOTE;
+	}
+	char token[128], fp[96];
+	snprintf(token, sizeof(token), "%s", nz(bres_str(&r, "token")));
+	snprintf(fp, sizeof(fp), "%s", nz(bres_str(&r, "broker_key")));
+	bres_clear(&r);
+	snprintf(sim, sizeof(sim), "%s/tests/fixtures/broker/sim-site.json",
+		 bfx_top());
+	snprintf(cfg, sizeof(cfg), "%s/%s.json", F.dir, site_names[i]);
+	snprintf(text, sizeof(text),
+		 "{\"site\": {\"name\": \"%s\", \"region\": \"%s\"},"
+		 " \"scheduler\": {\"kind\": \"sim\", \"sim_file\": \"%s\","
+		 " \"time_scale\": 100},"
+		 " \"prices\": {\"gpu_hour\": {\"a100\": %s}, "
+		 "\"core_hour\": 0.01},"
+		 " \"agent\": {\"state_file\": \"%s/%s.state\","
+		 " \"key_file\": \"%s/%s.key\", \"broker\": \"%s\","
+		 " \"broker_key\": \"%s\", \"report_interval\": \"1s\","
+		 " \"poll_interval\": \"200ms\"}}",
+		 site_names[i], site_regions[i], sim, i ? "2.5" : "2.0", F.dir,
+		 site_names[i], F.dir, site_names[i], F.link, fp);
+	if ((rv = bfx_write(cfg, text)))
+		return rv;
+	snprintf(bin, sizeof(bin), "%s/meridian-agent",
+		 dir && *dir ? dir : "bin");
+	snprintf(log, sizeof(log), "%s/%s.log", F.dir, site_names[i]);
+	char *jargv[] = {
+	    bin,   "join",	   "--broker", F.link,	   "--token",
+	    token, "--broker-key", fp,	       "--config", cfg,
+	    NULL};
+	struct t_proc *j;
+	int status = 0;
+	if ((rv = t_proc_spawn(bin, jargv, NULL, log, &j)))
+		return rv;
+	for (int k = 0; k < 200 && !t_proc_exited(j, &status); k++)
+		t_sleep_ms(50);
+	t_proc_stop(j, 1000, &status);
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		return MER_EAUTH;
+	char *argv[] = {bin, "--config", cfg, NULL};
+	return t_proc_spawn(bin, argv, NULL, log, &agents[i]);
+}
+
+static int site_reported(const char *name)
+{
+	struct bres r;
+	char path[128];
+	int ok;
+
+	snprintf(path, sizeof(path), "/v1/sites/%s", name);
+	if (bfx_req(&F, "GET", path, BFX_ADMIN, NULL, NULL, &r))
+		return 0;
+	ok = r.status == 200 &&
+	     json_is_object(json_object_get(r.json, "summary"));
+	bres_clear(&r);
+	return ok;
+}
+
+static void dump_logs(void)
+{
+	char path[700], *log = NULL;
+	const char *names[] = {"broker", "sim-a", "sim-b"};
+
+	for (int i = 0; i < 3; i++) {
+		snprintf(path, sizeof(path), "%s/%s.log", F.dir, names[i]);
+		if (t_read_file(path, &log, NULL) == 0)
+			fprintf(stderr, "--- %s ---\n%s\n", names[i], log);
+		free(log);
+		log = NULL;
+	}
+}
+
+static long long ival(const json_t *o, const char *k)
+{
+	return json_integer_value(json_object_get(o, k));
+}
+
+static void teardown(void)
+{
+	for (int i = 0; i < 2; i++)
+		t_proc_stop(agents[i], 1000, NULL);
+	if (F.etcd)
+		bfx_free(&F);
+}
+
+static void test_three_stages_run_in_order(void)
+{
+	struct bres r;
+	char id[64], path[128];
+
+	if (sodium_init() < 0)
+		return;
+	curl_global_init(CURL_GLOBAL_DEFAULT);
+	atexit(teardown);
+	T_OK(
+	    bfx_start_opts(&F, "\"placement\": {\"interval\": \"300ms\"},", 1));
+	for (int i = 0; i < 2; i++) {
+		int rv = start_agent(i);
+		if (rv)
+			dump_logs();
+		T_OK(rv);
+	}
+	long long end = t_now_ms() + 20000;
+	while (t_now_ms() < end &&
+	       !(site_reported("sim-a") && site_reported("sim-b")))
+		t_sleep_ms(100);
+	if (!site_reported("sim-a") || !site_reported("sim-b"))
+		dump_logs();
+	T_ASSERT(site_reported("sim-a") && site_reported("sim-b"));
+
+	T_OK(bfx_req(
+	    &F, "POST", "/v1/jobs", BFX_ACME,
+	    "{\"name\": \"e2e\", \"constraints\": {\"sites\": {\"allow\": "
+	    "[\"sim-a\", \"sim-b\"]}}, \"stages\": ["
+	    "{\"name\": \"prep\", \"kind\": \"data-prep\", \"resources\": "
+	    "{\"cpu\": 4, \"memory_mb\": 4096}, \"duration_s\": 30, "
+	    "\"command\": [\"prep\"]},"
+	    "{\"name\": \"train\", \"kind\": \"training\", \"after\": "
+	    "[\"prep\"], \"resources\": {\"cpu\": 8, \"memory_mb\": 8192, "
+	    "\"gpu\": {\"count\": 2, \"models\": [\"a100\"]}}, "
+	    "\"duration_s\": 30, \"command\": [\"train\"]},"
+	    "{\"name\": \"serve\", \"kind\": \"inference\", \"after\": "
+	    "[\"train\"], \"resources\": {\"cpu\": 2, \"memory_mb\": 2048}, "
+	    "\"duration_s\": 30, \"command\": [\"serve\"]}]}",
+	    NULL, &r));
+	T_EQ_INT(r.status, 201);
+	snprintf(id, sizeof(id), "%s", nz(bres_str(&r, "id")));
+	bres_clear(&r);
+	snprintf(path, sizeof(path), "/v1/jobs/%s", id);
+
+	json_t *job = NULL;
+	int saw_running = 0;
+	end = t_now_ms() + 60000;
+	while (t_now_ms() < end) {
+		T_OK(bfx_req(&F, "GET", path, BFX_ACME, NULL, NULL, &r));
+		const char *st = bres_str(&r, "state");
+		saw_running |= st && strcmp(st, "running") == 0;
+		if (st && (strcmp(st, "succeeded") == 0 ||
+			   strcmp(st, "failed") == 0)) {
+			job = json_incref(r.json);
+			bres_clear(&r);
+			break;
+		}
+		bres_clear(&r);
+		t_sleep_ms(100);
+	}
+	if (!job)
+		dump_logs();
+	T_ASSERT(job != NULL);
+	T_EQ_STR(json_string_value(json_object_get(job, "state")), "succeeded");
+	T_EXPECT(saw_running);
+	json_t *stages = json_object_get(job, "stages");
+	T_EQ_INT(json_array_size(stages), 3);
+	for (size_t i = 0; i < 3; i++) {
+		json_t *s = json_array_get(stages, i);
+		const char *site =
+		    json_string_value(json_object_get(s, "site"));
+		T_EQ_STR(json_string_value(json_object_get(s, "state")),
+			 "succeeded");
+		T_EXPECT(site && (strcmp(site, "sim-a") == 0 ||
+				  strcmp(site, "sim-b") == 0));
+		T_EQ_INT(ival(s, "exit_code"), 0);
+		T_EQ_INT(ival(s, "attempts"), 1);
+		if (i > 0) {
+			json_t *p = json_array_get(stages, i - 1);
+			/* launched only once its dependency finished */
+			T_EXPECT(ival(s, "dispatched_at") >=
+				 ival(p, "finished_at"));
+		}
+	}
+	json_decref(job);
+
+	/* The engine's choice is what ran. */
+	snprintf(path, sizeof(path), "/v1/jobs/%s/placement", id);
+	T_OK(bfx_req(&F, "GET", path, BFX_ACME, NULL, NULL, &r));
+	T_EQ_INT(r.status, 200);
+	bres_clear(&r);
+
+	T_OK(bfx_req(&F, "GET", "/metrics", NULL, NULL, NULL, &r));
+	T_CONTAINS(r.body, "meridian_agents_connected 2\n");
+	T_CONTAINS(r.body, "meridian_link_rejected_total{reason=");
+	bres_clear(&r);
+}
+
+/* Cancel reaches a running stage: the agent stops it, the job ends
+ * cancelled. */
+static void test_cancel_running(void)
+{
+	struct bres r;
+	char path[128];
+
+	T_ASSERT(F.proc != NULL);
+	T_OK(bfx_req(
+	    &F, "POST", "/v1/jobs", BFX_ACME,
+	    "{\"name\": \"long\", \"constraints\": {\"sites\": {\"allow\": "
+	    "[\"sim-a\", \"sim-b\"]}}, \"stages\": [{\"name\": \"run\", "
+	    "\"kind\": \"generic\", \"resources\": {\"cpu\": 1, "
+	    "\"memory_mb\": 512}, \"duration_s\": 100000, \"command\": "
+	    "[\"sleep\"]}]}",
+	    NULL, &r));
+	T_EQ_INT(r.status, 201);
+	snprintf(path, sizeof(path), "/v1/jobs/%s", nz(bres_str(&r, "id")));
+	bres_clear(&r);
+	long long end = t_now_ms() + 20000;
+	int running = 0;
+	while (!running && t_now_ms() < end) {
+		T_OK(bfx_req(&F, "GET", path, BFX_ACME, NULL, NULL, &r));
+		running = strcmp(nz(bres_str(&r, "state")), "running") == 0;
+		bres_clear(&r);
+		t_sleep_ms(100);
+	}
+	T_ASSERT(running);
+	T_OK(bfx_req(&F, "DELETE", path, BFX_ACME, NULL, NULL, &r));
+	T_EQ_INT(r.status, 202);
+	bres_clear(&r);
+	end = t_now_ms() + 20000;
+	int cancelled = 0;
+	while (!cancelled && t_now_ms() < end) {
+		T_OK(bfx_req(&F, "GET", path, BFX_ACME, NULL, NULL, &r));
+		cancelled = strcmp(nz(bres_str(&r, "state")), "cancelled") == 0;
+		bres_clear(&r);
+		t_sleep_ms(100);
+	}
+	if (!cancelled)
+		dump_logs();
+	T_EXPECT(cancelled);
+}
+
+static void test_clean_exit(void)
+{
+	T_ASSERT(F.proc != NULL);
+	for (int i = 0; i < 2; i++) {
+		t_proc_stop(agents[i], 5000, NULL);
+		agents[i] = NULL;
+	}
+	T_EQ_INT(bfx_stop_checked(&F), 0);
+}
+
+static const struct t_case cases[] = {
+    {"three_stages_run_in_order", test_three_stages_run_in_order},
+    {"cancel_running", test_cancel_running},
+    {"clean_exit", test_clean_exit},
+};
+
+T_MAIN("broker_e2e", cases)

@@ -1,0 +1,313 @@
+/*
+ * Shared by the broker's integration tests and bench/submit_bench.c: a real
+ * etcd, a real bin/meridian-broker process configured in a temp dir (tenants
+ * with known tokens, the fixture federation, a policy file), and a small
+ * libcurl client. Everything it starts is registered with tests/lib/proc so
+ * it is stopped even when a case fails. Header-only: each program includes
+ * it once.
+ */
+#ifndef MERIDIAN_TESTS_BROKER_FIXTURE_H
+#define MERIDIAN_TESTS_BROKER_FIXTURE_H
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "broker/tenants.h"
+#include "common/err.h"
+#include "common/etcd.h"
+#include "tests/lib/etcd_server.h"
+#include "tests/lib/proc.h"
+
+#define BFX_ADMIN "admin-token-0123456789abcdef"
+#define BFX_ACME "acme-token-0123456789abcdef"
+#define BFX_BETA "beta-token-0123456789abcdef"
+
+struct bfx {
+	struct t_etcd *etcd;
+	struct mer_etcd *cli; /* direct etcd access for checks */
+	char *dir;
+	char cfg[512], log[512], policy[512], tenants[512];
+	char base[64]; /* "http://127.0.0.1:PORT" */
+	int port;
+	int link_port; /* set before bfx_configure for a link; 0: none */
+	char link[64]; /* "tcp://127.0.0.1:PORT" */
+	struct t_proc *proc;
+};
+
+static const char *bfx_top(void)
+{
+	const char *t = getenv("MERIDIAN_TOP");
+	return t && *t ? t : ".";
+}
+
+static inline int bfx_write(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	if (!f)
+		return MER_EIO;
+	fputs(text, f);
+	return fclose(f) == 0 ? 0 : MER_EIO;
+}
+
+static inline int bfx_copy(const char *from, const char *to)
+{
+	char *text = NULL;
+	int rv = t_read_file(from, &text, NULL);
+	if (rv == 0)
+		rv = bfx_write(to, text);
+	free(text);
+	return rv;
+}
+
+/* Writes the config (extra: more top-level members, e.g.
+ * "\"jobs\": {\"batch_max\": 1},", or "") and the files it names. */
+static inline int bfx_configure(struct bfx *f, const char *extra)
+{
+	char a[MER_API_HASH_HEX], c[MER_API_HASH_HEX], d[MER_API_HASH_HEX];
+	char text[4096], path[600];
+	int rv;
+
+	mer_api_token_hash_hex(BFX_ADMIN, a);
+	mer_api_token_hash_hex(BFX_ACME, c);
+	mer_api_token_hash_hex(BFX_BETA, d);
+	snprintf(f->tenants, sizeof(f->tenants), "%s/tenants.json", f->dir);
+	snprintf(text, sizeof(text),
+		 "{\"tenants\": ["
+		 "{\"name\": \"ops\", \"role\": \"admin\", "
+		 "\"token_hashes\": [\"%s\"]},"
+		 "{\"name\": \"acme\", \"role\": \"tenant\", "
+		 "\"token_hashes\": [\"%s\"]},"
+		 "{\"name\": \"beta\", \"role\": \"tenant\", "
+		 "\"token_hashes\": [\"%s\"]}]}",
+		 a, c, d);
+	if ((rv = bfx_write(f->tenants, text)))
+		return rv;
+	snprintf(f->policy, sizeof(f->policy), "%s/policy.json", f->dir);
+	snprintf(path, sizeof(path), "%s/policy/examples/cost-first.json",
+		 bfx_top());
+	if ((rv = bfx_copy(path, f->policy)))
+		return rv;
+	if ((rv = t_free_port(&f->port)))
+		return rv;
+	snprintf(f->base, sizeof(f->base), "http://127.0.0.1:%d", f->port);
+	snprintf(f->cfg, sizeof(f->cfg), "%s/broker.json", f->dir);
+	snprintf(f->log, sizeof(f->log), "%s/broker.log", f->dir);
+	if (f->link_port)
+		snprintf(f->link, sizeof(f->link), "tcp://127.0.0.1:%d",
+			 f->link_port);
+	snprintf(text, sizeof(text),
+		 "{\"listen\": {\"http\": \"%s\", \"link\": \"%s\"},"
+		 " \"etcd\": {\"endpoints\": [\"%s\"]},"
+		 " \"key_file\": \"%s/broker.key\","
+		 " \"policy_file\": \"%s\","
+		 " \"tenants_file\": \"%s\","
+		 " \"federation_file\": "
+		 "\"%s/tests/fixtures/broker/federation.json\","
+		 " %s"
+		 " \"log_level\": \"%s\"}",
+		 f->base, f->link, t_etcd_url(f->etcd), f->dir, f->policy,
+		 f->tenants, bfx_top(), extra ? extra : "",
+		 getenv("BFX_LOG") ? getenv("BFX_LOG") : "info");
+	return bfx_write(f->cfg, text);
+}
+
+/* Starts (or restarts) the broker process and waits for /healthz. */
+static inline int bfx_spawn(struct bfx *f)
+{
+	char bin[600], url[128];
+	const char *dir = getenv("MERIDIAN_BIN");
+	int rv;
+
+	snprintf(bin, sizeof(bin), "%s/meridian-broker",
+		 dir && *dir ? dir : "bin");
+	char *argv[] = {bin, "--config", f->cfg, NULL};
+	if ((rv = t_proc_spawn(bin, argv, NULL, f->log, &f->proc)))
+		return rv;
+	snprintf(url, sizeof(url), "%s/readyz", f->base);
+	rv = t_wait_http(url, NULL, 20000, f->proc);
+	if (rv) {
+		char *log = NULL;
+		if (t_read_file(f->log, &log, NULL) == 0)
+			fprintf(stderr, "--- broker log ---\n%s\n", log);
+		free(log);
+	}
+	return rv;
+}
+
+static inline int bfx_start_opts(struct bfx *f, const char *extra,
+				 int with_link)
+{
+	int rv;
+
+	memset(f, 0, sizeof(*f));
+	if (with_link && (rv = t_free_port(&f->link_port)))
+		return rv;
+	if ((rv = t_etcd_start(&f->etcd)) || (rv = t_tmpdir("broker", &f->dir)))
+		return rv;
+	struct mer_etcd_opts o = {.endpoints = t_etcd_url(f->etcd)};
+	if ((rv = mer_etcd_open(&o, &f->cli)))
+		return rv;
+	if ((rv = bfx_configure(f, extra)))
+		return rv;
+	return bfx_spawn(f);
+}
+
+static inline int bfx_start(struct bfx *f, const char *extra)
+{
+	return bfx_start_opts(f, extra, 0);
+}
+
+/* Kills the broker with sig (SIGKILL for a crash) and reaps it. */
+static inline void bfx_kill(struct bfx *f, int sig)
+{
+	if (!f->proc)
+		return;
+	kill(t_proc_pid(f->proc), sig);
+	t_proc_stop(f->proc, 5000, NULL);
+	f->proc = NULL;
+}
+
+/* Stops the broker with SIGTERM and returns its exit status (0 when it
+ * shut down cleanly; sanitizer builds exit non-zero on leaks or errors),
+ * or -1 when it had to be killed. */
+static inline int bfx_stop_checked(struct bfx *f)
+{
+	int status = 0, rv;
+
+	if (!f->proc)
+		return -1;
+	rv = t_proc_stop(f->proc, 10000, &status);
+	f->proc = NULL;
+	if (rv || !WIFEXITED(status))
+		return -1;
+	return WEXITSTATUS(status);
+}
+
+static inline void bfx_free(struct bfx *f)
+{
+	bfx_kill(f, SIGTERM);
+	mer_etcd_close(f->cli);
+	t_etcd_free(f->etcd);
+	if (f->dir && !getenv("MERIDIAN_KEEP_TMP"))
+		t_rmtree(f->dir);
+	free(f->dir);
+	memset(f, 0, sizeof(*f));
+}
+
+/* ---- client ------------------------------------------------------------ */
+
+struct bres {
+	long status;
+	char *body;
+	size_t len;
+	char hdrs[4096];
+	size_t hlen;
+	json_t *json;
+};
+
+static inline size_t bres_body(char *p, size_t sz, size_t n, void *arg)
+{
+	struct bres *r = arg;
+	char *nb = realloc(r->body, r->len + sz * n + 1);
+	if (!nb)
+		return 0;
+	memcpy(nb + r->len, p, sz * n);
+	r->len += sz * n;
+	nb[r->len] = 0;
+	r->body = nb;
+	return sz * n;
+}
+
+static inline size_t bres_hdr(char *p, size_t sz, size_t n, void *arg)
+{
+	struct bres *r = arg;
+	size_t k = sz * n;
+	if (r->hlen + k < sizeof(r->hdrs)) {
+		memcpy(r->hdrs + r->hlen, p, k);
+		r->hlen += k;
+		r->hdrs[r->hlen] = 0;
+	}
+	return k;
+}
+
+static inline void bres_clear(struct bres *r)
+{
+	free(r->body);
+	json_decref(r->json);
+	memset(r, 0, sizeof(*r));
+}
+
+/* One request; reuse may be a handle kept by the caller (or NULL). Returns
+ * 0 when an answer came (any status). */
+static inline int bfx_req_on(CURL *reuse, const struct bfx *f,
+			     const char *method, const char *path,
+			     const char *token, const char *body,
+			     size_t body_len, const char *idem, struct bres *r)
+{
+	CURL *c = reuse ? reuse : curl_easy_init();
+	struct curl_slist *h = NULL;
+	char url[1024], line[1200];
+	CURLcode cc;
+
+	memset(r, 0, sizeof(*r));
+	if (!c)
+		return MER_ENOMEM;
+	if (reuse)
+		curl_easy_reset(c);
+	snprintf(url, sizeof(url), "%s%s", f->base, path);
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 30000L);
+	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, bres_body);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
+	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, bres_hdr);
+	curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
+	if (body) {
+		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+		curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE,
+				 (curl_off_t)body_len);
+		h = curl_slist_append(h, "Content-Type: application/json");
+		h = curl_slist_append(h, "Expect:");
+	}
+	if (token) {
+		snprintf(line, sizeof(line), "Authorization: Bearer %s", token);
+		h = curl_slist_append(h, line);
+	}
+	if (idem) {
+		snprintf(line, sizeof(line), "Idempotency-Key: %s", idem);
+		h = curl_slist_append(h, line);
+	}
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+	cc = curl_easy_perform(c);
+	if (cc == CURLE_OK)
+		curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+	curl_slist_free_all(h);
+	if (!reuse)
+		curl_easy_cleanup(c);
+	if (cc != CURLE_OK)
+		return MER_EUNREACHABLE;
+	if (r->body)
+		r->json = json_loads(r->body, 0, NULL);
+	return 0;
+}
+
+static inline int bfx_req(const struct bfx *f, const char *method,
+			  const char *path, const char *token, const char *body,
+			  const char *idem, struct bres *r)
+{
+	return bfx_req_on(NULL, f, method, path, token, body,
+			  body ? strlen(body) : 0, idem, r);
+}
+
+static inline const char *bres_str(const struct bres *r, const char *key)
+{
+	return json_string_value(json_object_get(r->json, key));
+}
+
+#endif
