@@ -4,6 +4,7 @@
  */
 #include "site-agent/adapter.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,11 +16,23 @@ static const struct adapter_ops *const registry[] = {
     &mer_agent_sim_ops,
 };
 
-static const char *const kinds[] = {"slurm", "kubernetes", "yarn", "sim", NULL};
+#define NREG (sizeof(registry) / sizeof(registry[0]))
+
+/* The kinds, taken from the registry so a scheduler is added in one
+ * place. Filled once (pthread_once): --help may run from any thread. */
+static const char *kinds[NREG + 1];
+static pthread_once_t kinds_once = PTHREAD_ONCE_INIT;
+
+static void kinds_fill(void)
+{
+	for (size_t i = 0; i < NREG; i++)
+		kinds[i] = registry[i]->kind;
+	kinds[NREG] = NULL;
+}
 
 const struct adapter_ops *mer_agent_adapter_find(const char *kind)
 {
-	for (size_t i = 0; i < sizeof(registry) / sizeof(registry[0]); i++) {
+	for (size_t i = 0; i < NREG; i++) {
 		if (kind && strcmp(registry[i]->kind, kind) == 0)
 			return registry[i];
 	}
@@ -28,6 +41,7 @@ const struct adapter_ops *mer_agent_adapter_find(const char *kind)
 
 const char *const *mer_agent_adapter_kinds(void)
 {
+	pthread_once(&kinds_once, kinds_fill);
 	return kinds;
 }
 

@@ -53,8 +53,9 @@ mer_agent_pool_find(const struct mer_agent_pool *pool, const char *kind);
 
 /* A stage as the broker asks for it to be run (see docs/AGENT.md). */
 struct mer_agent_stage {
-	char id[MER_AGENT_NAME_MAX];   /* broker's stage id, unique,
-					  [A-Za-z0-9._-:/] */
+	char id[MER_AGENT_NAME_MAX];   /* broker's stage id, unique and
+					  attempt-scoped ("<job>/<stage>#<n>"),
+					  [A-Za-z0-9._-:/#] */
 	char pool[MER_AGENT_NAME_MAX]; /* "" = the adapter's default pool */
 	char *command;		       /* shell command (sh -c); required */
 	char *image;		       /* container image (kubernetes) */

@@ -6,8 +6,12 @@
  */
 #include "site-agent/config.h"
 
+#include <errno.h>
+#include <libgen.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/err.h"
 
@@ -59,6 +63,28 @@ static const char *check_name(const void *field, const void *cfg, char *msg,
 	return NULL;
 }
 
+/* A Kubernetes namespace is a DNS-1123 label: it goes into API paths. */
+static const char *check_dns_label(const void *field, const void *cfg,
+				   char *msg, size_t n)
+{
+	const char *s = *(char *const *)field;
+	size_t len = s ? strlen(s) : 0;
+
+	(void)cfg;
+	(void)msg;
+	(void)n;
+	if (len == 0 || len > 63 || s[0] == '-' || s[len - 1] == '-')
+		goto bad;
+	for (size_t i = 0; i < len; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') ||
+		      (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
+			goto bad;
+	return NULL;
+bad:
+	return "must be a DNS-1123 label: 1-63 of a-z 0-9 -, starting and "
+	       "ending with a letter or digit";
+}
+
 static const char *check_url(const void *field, const void *cfg, char *msg,
 			     size_t n)
 {
@@ -78,16 +104,37 @@ static const char *check_url(const void *field, const void *cfg, char *msg,
 	return "must start with unix:///, http:// or https://";
 }
 
+/* The folder of the config file being loaded ("" for a string): relative
+ * paths in it mean relative to the file, not to the agent's cwd. */
+static _Thread_local char load_dir[2048];
+
+/* Resolves a relative sim_file against the config's folder (replacing the
+ * field's string), then checks it can be read. */
 static const char *check_sim_file(const void *field, const void *cfg, char *msg,
 				  size_t n)
 {
-	const char *s = *(char *const *)field;
+	char **fp = (char **)field; /* loader-owned, malloc'd */
 	const struct mer_agent_cfg *c = cfg;
+	const char *s = *fp;
 
-	(void)msg;
-	(void)n;
-	if (c->kind == MER_AGENT_SIM && (!s || !*s))
-		return "required when scheduler.kind is sim";
+	if (!s || !*s)
+		return c->kind == MER_AGENT_SIM
+			   ? "required when scheduler.kind is sim"
+			   : NULL;
+	if (s[0] != '/' && load_dir[0]) {
+		size_t len = strlen(load_dir) + strlen(s) + 2;
+		char *abs = malloc(len);
+		if (!abs)
+			return "out of memory";
+		snprintf(abs, len, "%s/%s", load_dir, s);
+		free(*fp);
+		*fp = abs;
+		s = abs;
+	}
+	if (access(s, R_OK) != 0) {
+		snprintf(msg, n, "cannot read %.300s: %s", s, strerror(errno));
+		return msg;
+	}
 	return NULL;
 }
 
@@ -117,8 +164,7 @@ static int check_labels(const struct mer_json_doc *doc, const char *path,
 	char p[256];
 
 	(void)cfg;
-	json_object_foreach((json_t *)v, key, val)
-	{
+	json_object_foreach ((json_t *)v, key, val) {
 		snprintf(p, sizeof(p), "%s", path);
 		mer_json_path_append(p, sizeof(p), key);
 		if (!json_is_string(val)) {
@@ -144,8 +190,7 @@ static int check_fabric_json(const struct mer_json_doc *doc, const char *path,
 				  mer_json_type_name(v));
 		return MER_EINVAL;
 	}
-	json_array_foreach(v, i, e)
-	{
+	json_array_foreach (v, i, e) {
 		const char *s = json_string_value(e);
 		if (snprintf(p, sizeof(p), "%s[%zu]", path, i) >=
 		    (int)sizeof(p))
@@ -169,8 +214,7 @@ static int check_pools(const struct mer_json_doc *doc, const char *path,
 	char p[256], q[300];
 
 	(void)cfg;
-	json_array_foreach(v, i, e)
-	{
+	json_array_foreach (v, i, e) {
 		const char *key;
 		json_t *val;
 		snprintf(p, sizeof(p), "%s[%zu]", path, i);
@@ -186,8 +230,7 @@ static int check_pools(const struct mer_json_doc *doc, const char *path,
 					  mer_json_type_name(e));
 			return MER_EINVAL;
 		}
-		json_object_foreach(e, key, val)
-		{
+		json_object_foreach (e, key, val) {
 			snprintf(q, sizeof(q), "%s", p);
 			mer_json_path_append(q, sizeof(q), key);
 			if (strcmp(key, "name") == 0) {
@@ -243,8 +286,7 @@ static int check_gpu_hour(const struct mer_json_doc *doc, const char *path,
 	char p[256];
 
 	(void)cfg;
-	json_object_foreach((json_t *)v, key, val)
-	{
+	json_object_foreach ((json_t *)v, key, val) {
 		snprintf(p, sizeof(p), "%s", path);
 		mer_json_path_append(p, sizeof(p), key);
 		if (!name_ok(key) || strchr(key, ':')) {
@@ -272,8 +314,7 @@ static int check_datasets(const struct mer_json_doc *doc, const char *path,
 	char p[256], q[300];
 
 	(void)cfg;
-	json_array_foreach(v, i, e)
-	{
+	json_array_foreach (v, i, e) {
 		const char *key;
 		json_t *val;
 		snprintf(p, sizeof(p), "%s[%zu]", path, i);
@@ -283,8 +324,7 @@ static int check_datasets(const struct mer_json_doc *doc, const char *path,
 					  mer_json_type_name(e));
 			return MER_EINVAL;
 		}
-		json_object_foreach(e, key, val)
-		{
+		json_object_foreach (e, key, val) {
 			snprintf(q, sizeof(q), "%s", p);
 			mer_json_path_append(q, sizeof(q), key);
 			if (strcmp(key, "name") == 0) {
@@ -339,8 +379,7 @@ static int check_datasets(const struct mer_json_doc *doc, const char *path,
 			} else if (strcmp(key, "tags") == 0) {
 				if (!json_is_array(val))
 					goto bad_tags;
-				json_array_foreach(val, j, t)
-				{
+				json_array_foreach (val, j, t) {
 					if (!json_is_string(t) ||
 					    !*json_string_value(t))
 						goto bad_tags;
@@ -398,6 +437,7 @@ static const struct mer_cfg_row rows[] = {
     {MER_CFG_ROW_BOOL("scheduler.insecure", C, insecure, "false"),
      .help = "skip TLS verification (never in production)"},
     {MER_CFG_ROW_STRING("scheduler.namespace", C, namespace_, 1, 63, "default"),
+     .validate = check_dns_label,
      .help = "kubernetes namespace for stage Jobs"},
     {MER_CFG_ROW_BOOL("scheduler.volcano", C, volcano, "false"),
      .help = "kubernetes: Volcano installed; gang stages use it"},
@@ -406,7 +446,7 @@ static const struct mer_cfg_row rows[] = {
     {MER_CFG_ROW_STRING("scheduler.api_version", C, api_version, 0, 16, ""),
      .help = "slurm: OpenAPI version (v0.0.38); empty = discover"},
     {MER_CFG_ROW_PATH("scheduler.sim_file", C, sim_file, ""),
-     .flags = MER_CFG_READABLE, .validate = check_sim_file,
+     .validate = check_sim_file,
      .help = "sim: the simulated site's description"},
     {MER_CFG_ROW_DOUBLE("scheduler.time_scale", C, time_scale, 0.001, 1e6, "1"),
      .help = "sim: stage seconds that pass per real second"},
@@ -464,13 +504,21 @@ const struct mer_cfg_table mer_agent_cfg_table =
 int mer_agent_cfg_load(const char *path, struct mer_agent_cfg *cfg, char *err,
 		       size_t errlen)
 {
-	return mer_cfg_load_file(&mer_agent_cfg_table, path, cfg, err, errlen);
+	char dir[sizeof(load_dir)];
+	int rv;
+
+	snprintf(dir, sizeof(dir), "%s", path);
+	snprintf(load_dir, sizeof(load_dir), "%s", dirname(dir));
+	rv = mer_cfg_load_file(&mer_agent_cfg_table, path, cfg, err, errlen);
+	load_dir[0] = '\0';
+	return rv;
 }
 
 int mer_agent_cfg_load_string(const char *name, const char *text,
 			      struct mer_agent_cfg *cfg, char *err,
 			      size_t errlen)
 {
+	load_dir[0] = '\0';
 	return mer_cfg_load_string(&mer_agent_cfg_table, name, text,
 				   strlen(text), cfg, err, errlen);
 }
@@ -490,8 +538,7 @@ void mer_agent_cfg_pool_share(const struct mer_agent_cfg *cfg, const char *pool,
 	*fraction = cfg->share_fraction;
 	*fabric = NULL;
 	*shared = json_array_size(cfg->share_pools) == 0;
-	json_array_foreach(cfg->share_pools, i, e)
-	{
+	json_array_foreach (cfg->share_pools, i, e) {
 		const char *n =
 		    json_is_string(e)
 			? json_string_value(e)

@@ -145,35 +145,35 @@ int mer_agent_http_do(struct mer_agent_http *h, const char *method,
 	    (int)sizeof(url))
 		return MER_ETOOBIG;
 	if (!(c = curl_easy_init()))
-		goto out;
+		goto out_wipe_auth;
 	if (body && !(text = json_dumps(body, JSON_COMPACT)))
-		goto out;
+		goto out_wipe_auth;
 	snprintf(ct, sizeof(ct), "Content-Type: %s",
 		 content_type ? content_type : "application/json");
 	if (!(tmp = curl_slist_append(hl, "Accept: application/json")))
-		goto out;
+		goto out_wipe_auth;
 	hl = tmp;
 	if (text) {
 		if (!(tmp = curl_slist_append(hl, ct)))
-			goto out;
+			goto out_wipe_auth;
 		hl = tmp;
 	}
 	/* curl waits a second for 100-continue before big bodies. */
 	if (!(tmp = curl_slist_append(hl, "Expect:")))
-		goto out;
+		goto out_wipe_auth;
 	hl = tmp;
 	if (h->bearer) {
 		size_t n = strlen(h->bearer) + 32;
 		if (!(auth = malloc(n)))
-			goto out;
+			goto out_wipe_auth;
 		snprintf(auth, n, "Authorization: Bearer %s", h->bearer);
 		if (!(tmp = curl_slist_append(hl, auth)))
-			goto out;
+			goto out_wipe_auth;
 		hl = tmp;
 	}
 	for (size_t i = 0; i < h->nhdr; i++) {
 		if (!(tmp = curl_slist_append(hl, h->hdr[i])))
-			goto out;
+			goto out_wipe_auth;
 		hl = tmp;
 	}
 	curl_easy_setopt(c, CURLOPT_URL, url);
@@ -212,7 +212,7 @@ int mer_agent_http_do(struct mer_agent_http *h, const char *method,
 			rv = cc == CURLE_OPERATION_TIMEDOUT ? MER_ETIMEDOUT
 							    : MER_EUNREACHABLE;
 		}
-		goto out;
+		goto out_wipe_auth;
 	}
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
 	*status = code;
@@ -229,7 +229,7 @@ int mer_agent_http_do(struct mer_agent_http *h, const char *method,
 			snprintf(err, errlen, "%s %s: malformed reply: %s",
 				 method, path, perr);
 			rv = MER_EPARSE;
-			goto out;
+			goto out_wipe_auth;
 		}
 	}
 	if (code < 200 || code >= 300) {
@@ -240,10 +240,10 @@ int mer_agent_http_do(struct mer_agent_http *h, const char *method,
 		snprintf(err, errlen, "%s %s: HTTP %ld%s%.200s", method, path,
 			 code, msg ? ": " : "", msg ? msg : "");
 		rv = MER_EREMOTE;
-		goto out;
+		goto out_wipe_auth;
 	}
 	rv = 0;
-out:
+out_wipe_auth:
 	if (auth) {
 		sodium_memzero(auth, strlen(auth));
 		free(auth);

@@ -43,27 +43,10 @@ struct k8s {
 		char product[128];
 	} products[16];
 	size_t nproducts;
+	char pools[MER_AGENT_MAX_POOLS][MER_AGENT_NAME_MAX];
+	size_t npools;
+	int probed; /* the fields above are from a successful probe */
 };
-
-static int read_token_file(const char *path, char **out)
-{
-	FILE *f = fopen(path, "r");
-	char buf[8192];
-	size_t n;
-
-	*out = NULL;
-	if (!f)
-		return MER_EIO;
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	while (n > 0 &&
-	       (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
-		n--;
-	buf[n] = '\0';
-	*out = strdup(buf);
-	memset(buf, 0, sizeof(buf));
-	return *out ? 0 : MER_ENOMEM;
-}
 
 static int k8s_open(const struct mer_agent_cfg *cfg, void **inst, char *err,
 		    size_t errlen)
@@ -76,7 +59,8 @@ static int k8s_open(const struct mer_agent_cfg *cfg, void **inst, char *err,
 		return MER_ENOMEM;
 	k->cfg = cfg;
 	if ((!cfg->token || !*cfg->token) && cfg->token_file &&
-	    *cfg->token_file && (rv = read_token_file(cfg->token_file, &tok))) {
+	    *cfg->token_file &&
+	    (rv = mer_agent_read_token(cfg->token_file, &tok))) {
 		snprintf(err, errlen, "kubernetes: cannot read token file");
 		free(k);
 		return rv;
@@ -84,10 +68,7 @@ static int k8s_open(const struct mer_agent_cfg *cfg, void **inst, char *err,
 	rv = mer_agent_http_init(&k->http, cfg->url, tok ? tok : cfg->token,
 				 cfg->ca_file, cfg->insecure,
 				 (long)cfg->timeout_ms);
-	if (tok) {
-		memset(tok, 0, strlen(tok));
-		free(tok);
-	}
+	mer_agent_free_token(tok);
 	if (rv) {
 		snprintf(err, errlen, "kubernetes: bad scheduler.url");
 		free(k);
@@ -125,15 +106,13 @@ static int node_schedulable(const json_t *node)
 
 	if (json_is_true(mer_agent_jget(node, "spec", "unschedulable", NULL)))
 		return 0;
-	json_array_foreach(conds, i, c)
-	{
+	json_array_foreach (conds, i, c) {
 		const char *t = mer_agent_jstr(c, "type", NULL);
 		const char *s = mer_agent_jstr(c, "status", NULL);
 		if (t && s && strcmp(t, "Ready") == 0)
 			ready = strcmp(s, "True") == 0;
 	}
-	json_array_foreach(taints, i, c)
-	{
+	json_array_foreach (taints, i, c) {
 		const char *key = mer_agent_jstr(c, "key", NULL);
 		const char *eff = mer_agent_jstr(c, "effect", NULL);
 		if (key && strcmp(key, GPU_RES) == 0)
@@ -174,15 +153,13 @@ static void pod_requests(const json_t *pod, double *cpu, double *mem,
 	double a, b, g;
 
 	*cpu = *mem = *gpu = 0;
-	json_array_foreach(json_object_get(spec, "containers"), i, c)
-	{
+	json_array_foreach (json_object_get(spec, "containers"), i, c) {
 		container_requests(c, &a, &b, &g);
 		*cpu += a;
 		*mem += b;
 		*gpu += g;
 	}
-	json_array_foreach(json_object_get(spec, "initContainers"), i, c)
-	{
+	json_array_foreach (json_object_get(spec, "initContainers"), i, c) {
 		container_requests(c, &a, &b, &g);
 		*cpu = a > *cpu ? a : *cpu;
 		*mem = b > *mem ? b : *mem;
@@ -211,38 +188,38 @@ static int k8s_probe(void *inst, struct mer_agent_capacity *cap, char *err,
 	memset(cap, 0, sizeof(*cap));
 	k->pool_label[0] = '\0';
 	k->nproducts = 0;
+	k->probed = 0;
 	if ((rv = mer_agent_http_do(&k->http, "GET", "/version", NULL, NULL,
 				    &st, &ver, err, errlen)))
-		goto out;
+		goto out_free_lists;
 	snprintf(cap->version, sizeof(cap->version), "%s",
 		 mer_agent_jstr(ver, "gitVersion", NULL)
 		     ? mer_agent_jstr(ver, "gitVersion", NULL)
 		     : "");
 	if ((rv = mer_agent_http_do(&k->http, "GET", "/api/v1/nodes", NULL,
 				    NULL, &st, &nodes, err, errlen)))
-		goto out;
+		goto out_free_lists;
 	/* Pods that hold resources: not Succeeded, not Failed. */
 	if ((rv = mer_agent_http_do(
 		 &k->http, "GET",
 		 "/api/v1/pods?fieldSelector=status.phase%21%3DSucceeded%2C"
 		 "status.phase%21%3DFailed",
 		 NULL, NULL, &st, &pods, err, errlen)))
-		goto out;
+		goto out_free_lists;
 	rv = MER_EPARSE;
 	if (!json_is_array(json_object_get(nodes, "items")) ||
 	    !json_is_array(json_object_get(pods, "items"))) {
 		snprintf(err, errlen,
 			 "kubernetes: node or pod list without "
 			 "items");
-		goto out;
+		goto out_free_lists;
 	}
 	nn = json_array_size(json_object_get(nodes, "items"));
 	if (!(ni = calloc(nn + 1, sizeof(*ni)))) {
 		rv = MER_ENOMEM;
-		goto out;
+		goto out_free_lists;
 	}
-	json_array_foreach(json_object_get(nodes, "items"), i, it)
-	{
+	json_array_foreach (json_object_get(nodes, "items"), i, it) {
 		const json_t *labels =
 		    mer_agent_jget(it, "metadata", "labels", NULL);
 		const json_t *alloc =
@@ -310,8 +287,7 @@ static int k8s_probe(void *inst, struct mer_agent_capacity *cap, char *err,
 			}
 		}
 	}
-	json_array_foreach(json_object_get(pods, "items"), i, it)
-	{
+	json_array_foreach (json_object_get(pods, "items"), i, it) {
 		const char *node = mer_agent_jstr(it, "spec", "nodeName", NULL);
 		const char *phase = mer_agent_jstr(it, "status", "phase", NULL);
 		double cpu, mem, gpu;
@@ -386,8 +362,13 @@ static int k8s_probe(void *inst, struct mer_agent_capacity *cap, char *err,
 		 * learned waits. */
 		p->est_wait_s = p->pending_jobs * 60.0;
 	}
+	k->npools = 0;
+	for (i = 0; i < cap->npools; i++)
+		snprintf(k->pools[k->npools++], MER_AGENT_NAME_MAX, "%s",
+			 cap->pools[i].name);
+	k->probed = 1;
 	rv = 0;
-out:
+out_free_lists:
 	free(ni);
 	json_decref(nodes);
 	json_decref(pods);
@@ -445,6 +426,54 @@ static json_t *pod_template(struct k8s *k, const struct mer_agent_stage *st,
 	return tmpl;
 }
 
+/*
+ * The pool and GPU model become nodeSelector entries whose label and raw
+ * product value only a probe knows; a selector silently left out would
+ * run the stage on the wrong nodes. So: probe first when not done yet, and
+ * refuse a pool or model this cluster does not have (MER_ENOTFOUND).
+ */
+static int check_placement(struct k8s *k, const struct mer_agent_stage *st,
+			   char *err, size_t errlen)
+{
+	struct mer_agent_capacity *cap;
+	size_t i;
+	int rv;
+
+	if (!k->probed) {
+		if (!(cap = calloc(1, sizeof(*cap))))
+			return MER_ENOMEM;
+		rv = k8s_probe(k, cap, err, errlen);
+		free(cap);
+		if (rv)
+			return rv;
+	}
+	if (st->pool[0]) {
+		for (i = 0; i < k->npools; i++)
+			if (!strcmp(k->pools[i], st->pool))
+				break;
+		if (i == k->npools) {
+			snprintf(err, errlen,
+				 "kubernetes: no node pool %s in this "
+				 "cluster",
+				 st->pool);
+			return MER_ENOTFOUND;
+		}
+	}
+	if (st->gpus > 0 && st->gpu_model[0]) {
+		for (i = 0; i < k->nproducts; i++)
+			if (!strcmp(k->products[i].model, st->gpu_model))
+				break;
+		if (i == k->nproducts) {
+			snprintf(err, errlen,
+				 "kubernetes: no node has GPU model %s "
+				 "(label " GPU_LABEL ")",
+				 st->gpu_model);
+			return MER_ENOTFOUND;
+		}
+	}
+	return 0;
+}
+
 static int k8s_submit(void *inst, const struct mer_agent_stage *st,
 		      char *job_id, size_t n, char *err, size_t errlen)
 {
@@ -461,9 +490,12 @@ static int k8s_submit(void *inst, const struct mer_agent_stage *st,
 		snprintf(err, errlen, "kubernetes: a stage needs a command");
 		return MER_EINVAL;
 	}
+	if ((rv = check_placement(k, st, err, errlen)))
+		return rv;
+	rv = MER_ENOMEM;
 	mer_agent_job_name(st->id, name, sizeof(name));
 	if (!(tmpl = pod_template(k, st, name)))
-		goto out;
+		goto out_free_body;
 	if (volcano) {
 		/* Gang: Volcano starts the pods together or not at all. */
 		body = json_pack(
@@ -496,15 +528,15 @@ static int k8s_submit(void *inst, const struct mer_agent_stage *st,
 					    json_integer(st->time_limit_s));
 	}
 	if (!body)
-		goto out;
+		goto out_free_body;
 	rv = mer_agent_http_do(&k->http, "POST", path, body, NULL, &status,
 			       &reply, err, errlen);
 	if (rv == MER_EREMOTE && status == 409)
 		rv = MER_EEXIST;
 	if (rv)
-		goto out;
+		goto out_free_body;
 	snprintf(job_id, n, "%s/%s", volcano ? "volcano" : "batch", name);
-out:
+out_free_body:
 	json_decref(body);
 	json_decref(reply);
 	return rv;
@@ -543,21 +575,19 @@ static int failed_exit_code(struct k8s *k, const char *name)
 		 k->cfg->namespace_, name);
 	if (mer_agent_http_do(&k->http, "GET", path, NULL, NULL, &st, &pods,
 			      err, sizeof(err)))
-		goto out;
-	json_array_foreach(json_object_get(pods, "items"), i, it)
-	{
+		goto out_free_pods;
+	json_array_foreach (json_object_get(pods, "items"), i, it) {
 		json_t *cs;
-		json_array_foreach(
+		json_array_foreach (
 		    mer_agent_jget(it, "status", "containerStatuses", NULL), j,
-		    cs)
-		{
+		    cs) {
 			json_t *ec = mer_agent_jget(cs, "state", "terminated",
 						    "exitCode", NULL);
 			if (json_is_integer(ec) && json_integer_value(ec) != 0)
 				code = (int)json_integer_value(ec);
 		}
 	}
-out:
+out_free_pods:
 	json_decref(pods);
 	return code;
 }
@@ -584,7 +614,7 @@ static int k8s_status(void *inst, const char *job_id,
 	if (rv == MER_EREMOTE && st == 404)
 		rv = MER_ENOTFOUND;
 	if (rv)
-		goto out;
+		goto out_free_job;
 	if (volcano) {
 		const char *ph =
 		    mer_agent_jstr(job, "status", "state", "phase", NULL);
@@ -614,9 +644,8 @@ static int k8s_status(void *inst, const char *job_id,
 		if (json_integer_value(active) > 0 &&
 		    (!ready || json_integer_value(ready) > 0))
 			out->state = MER_AGENT_STAGE_RUNNING;
-		json_array_foreach(
-		    mer_agent_jget(job, "status", "conditions", NULL), i, c)
-		{
+		json_array_foreach (
+		    mer_agent_jget(job, "status", "conditions", NULL), i, c) {
 			const char *t = mer_agent_jstr(c, "type", NULL);
 			const char *s = mer_agent_jstr(c, "status", NULL);
 			const char *why = mer_agent_jstr(c, "reason", NULL);
@@ -635,7 +664,7 @@ static int k8s_status(void *inst, const char *job_id,
 		out->exit_code = 0;
 	else if (out->state == MER_AGENT_STAGE_FAILED)
 		out->exit_code = failed_exit_code(k, strchr(job_id, '/') + 1);
-out:
+out_free_job:
 	json_decref(job);
 	return rv;
 }

@@ -1,6 +1,6 @@
 /*
  * Helpers shared by the adapters (quantities, GPU model names, job names,
- * nested JSON lookups). No I/O.
+ * nested JSON lookups, reading a token file). No other I/O.
  */
 #include "site-agent/kutil.h"
 
@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <sodium.h>
 
 #include "common/err.h"
 
@@ -154,4 +156,34 @@ const char *mer_agent_jstr(const json_t *v, ...)
 	r = vget(v, ap);
 	va_end(ap);
 	return json_string_value(r);
+}
+
+int mer_agent_read_token(const char *path, char **out)
+{
+	FILE *f = fopen(path, "r");
+	char buf[8192];
+	size_t n;
+
+	*out = NULL;
+	if (!f)
+		return MER_EIO;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' ||
+			 buf[n - 1] == ' ' || buf[n - 1] == '\t'))
+		n--;
+	buf[n] = '\0';
+	*out = n ? strdup(buf) : NULL;
+	sodium_memzero(buf, sizeof(buf));
+	if (!n)
+		return MER_EINVAL;
+	return *out ? 0 : MER_ENOMEM;
+}
+
+void mer_agent_free_token(char *tok)
+{
+	if (!tok)
+		return;
+	sodium_memzero(tok, strlen(tok));
+	free(tok);
 }

@@ -1,7 +1,8 @@
 /*
  * Small helpers the adapters share: Kubernetes-style quantities, GPU model
  * names normalized from vendor strings, DNS-safe job names derived from
- * stage ids, and a safe string getter for nested JSON. Agent-internal.
+ * stage ids, a safe string getter for nested JSON and token files.
+ * Agent-internal.
  */
 #ifndef MERIDIAN_AGENT_KUTIL_H
 #define MERIDIAN_AGENT_KUTIL_H
@@ -21,6 +22,11 @@ void mer_agent_gpu_model(const char *product, char *out, size_t n);
 
 /* A DNS-1123 label (<= 63) for a stage id: "mer-<cleaned>-<hash8>". */
 void mer_agent_job_name(const char *stage_id, char *out, size_t n);
+
+/* A token from a file (trailing newlines and blanks cut; at most 8 KiB)
+ * into *out (malloc'd; free with mer_agent_free_token, which wipes it). */
+int mer_agent_read_token(const char *path, char **out);
+void mer_agent_free_token(char *tok);
 
 /* json_string_value of the member at a path of keys (NULL-terminated
  * varargs), or NULL. */

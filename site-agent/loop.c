@@ -64,7 +64,7 @@ int mer_agent_loop_run(const struct mer_agent_loop_opts *o, char *err,
 				 ? cfg->poll_interval_ms
 				 : cfg->report_interval_ms);
 	if ((rv = mer_agent_open(cfg, &a, err, errlen)))
-		goto out;
+		goto out_close_link;
 	lo.url = o->broker_url ? o->broker_url : cfg->broker_url;
 	lo.broker_fp = o->broker_fp ? o->broker_fp : cfg->broker_key;
 	lo.key = o->key;
@@ -73,12 +73,12 @@ int mer_agent_loop_run(const struct mer_agent_loop_opts *o, char *err,
 			 "no broker URL or broker key: set "
 			 "agent.broker and agent.broker_key");
 		rv = MER_EINVAL;
-		goto out;
+		goto out_close_link;
 	}
 	if ((rv = mer_link_client_open(&lo, &c))) {
 		snprintf(err, errlen, "cannot open the link to %s: %s", lo.url,
 			 mer_strerror(rv));
-		goto out;
+		goto out_close_link;
 	}
 	mer_info("agent running", "site=%s broker=%s scheduler=%s", cfg->name,
 		 lo.url, mer_agent_sched_name(cfg->kind));
@@ -135,9 +135,9 @@ int mer_agent_loop_run(const struct mer_agent_loop_opts *o, char *err,
 				goto revoked;
 			if (rv == 0) {
 				json_t *ids = json_array();
-				json_array_foreach(ev, i, rep)
-				    json_array_append(
-					ids, json_object_get(rep, "id"));
+				json_array_foreach (ev, i, rep)
+					json_array_append(
+					    ids, json_object_get(rep, "id"));
 				mer_agent_ack_events(a, ids);
 				json_decref(ids);
 				json_array_clear(results);
@@ -159,8 +159,7 @@ int mer_agent_loop_run(const struct mer_agent_loop_opts *o, char *err,
 			continue;
 		}
 		json_t *cmd;
-		json_array_foreach(cmds, i, cmd)
-		{
+		json_array_foreach (cmds, i, cmd) {
 			json_t *reply = NULL;
 			mer_agent_command(a, cmd, &reply);
 			if (reply)
@@ -170,12 +169,12 @@ int mer_agent_loop_run(const struct mer_agent_loop_opts *o, char *err,
 	}
 	rv = 0;
 	mer_link_client_flush(c, 2000);
-	goto out;
+	goto out_close_link;
 revoked:
 	snprintf(err, errlen, "the broker revoked this site");
 	mer_error("site revoked; stopping", "site=%s", cfg->name);
 	rv = MER_EREVOKED;
-out:
+out_close_link:
 	free(last);
 	json_decref(results);
 	mer_link_client_close(c);

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -50,6 +51,8 @@ struct mer_agent {
 	struct held *h;
 	size_t nh, caph;
 	json_t *events; /* unacknowledged, persisted */
+	int readonly;	/* --print-summary: never submits, cancels or saves */
+	int lock_fd;	/* flock on "<state_file>.lock", -1 if none */
 };
 
 static long long mono_ms(void)
@@ -71,7 +74,7 @@ static int name_ok(const char *s, size_t max)
 		char c = s[i];
 		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
 		      (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-		      c == '-' || c == ':' || c == '/'))
+		      c == '-' || c == ':' || c == '/' || c == '#'))
 			return 0;
 	}
 	return 1;
@@ -134,19 +137,20 @@ int mer_agent_stage_parse(const json_t *j, struct mer_agent_stage *st,
 	if (!name_ok(id, 120)) {
 		snprintf(err, errlen,
 			 "stage.id: must be 1-120 characters of "
-			 "A-Z a-z 0-9 . _ : / -");
+			 "A-Z a-z 0-9 . _ : / # -");
 		return MER_EINVAL;
 	}
 	snprintf(st->id, sizeof(st->id), "%s", id);
 	pool = json_string_value(json_object_get(j, "pool"));
-	if (pool && *pool && !name_ok(pool, 63)) {
+	if (pool && *pool && (!name_ok(pool, 63) || strchr(pool, '#'))) {
 		snprintf(err, errlen, "stage.pool: not a pool name");
 		return MER_EINVAL;
 	}
 	snprintf(st->pool, sizeof(st->pool), "%s", pool ? pool : "");
 	model = json_string_value(json_object_get(j, "gpu_model"));
 	if (model && *model &&
-	    (!name_ok(model, 63) || strchr(model, ':') || strchr(model, '/'))) {
+	    (!name_ok(model, 63) || strchr(model, ':') || strchr(model, '/') ||
+	     strchr(model, '#'))) {
 		snprintf(err, errlen, "stage.gpu_model: not a GPU model name");
 		return MER_EINVAL;
 	}
@@ -165,7 +169,7 @@ int mer_agent_stage_parse(const json_t *j, struct mer_agent_stage *st,
 	    (rv = get_int(j, "time_limit_s", 0, 1LL << 32, &st->time_limit_s,
 			  err, errlen)) ||
 	    (rv = get_int(j, "exit_code", 0, 255, &x, err, errlen)))
-		goto fail;
+		goto fail_clear_stage;
 	st->exit_code = (int)x;
 	st->gang = json_is_true(json_object_get(j, "gang"));
 	if (json_object_get(j, "duration_s")) {
@@ -176,12 +180,12 @@ int mer_agent_stage_parse(const json_t *j, struct mer_agent_stage *st,
 				 "stage.duration_s: must be a "
 				 "number of seconds");
 			rv = MER_EINVAL;
-			goto fail;
+			goto fail_clear_stage;
 		}
 		st->duration_s = d;
 	}
 	return 0;
-fail:
+fail_clear_stage:
 	mer_agent_stage_clear(st);
 	return rv;
 }
@@ -242,13 +246,13 @@ static struct held *held_add(struct mer_agent *a, const char *id,
 static int save_state(struct mer_agent *a)
 {
 	const char *path = a->cfg->state_file;
-	char tmp[4096], dir[4096];
+	char tmp[4096] = "", dir[4096];
 	json_t *root, *arr;
 	char *text = NULL;
-	int fd = -1, rv = MER_ENOMEM;
+	int fd = -1, rv = MER_ENOMEM, tmp_made = 0;
 	size_t len;
 
-	if (!path || !*path)
+	if (!path || !*path || a->readonly)
 		return 0;
 	arr = json_array();
 	root = json_pack("{s:i, s:o, s:O}", "version", STATE_VERSION, "stages",
@@ -264,46 +268,53 @@ static int save_state(struct mer_agent *a)
 				      h->cancel, "submitting", h->submitting,
 				      "ended_at", (json_int_t)h->ended_at);
 		if (!e || json_array_append_new(arr, e))
-			goto out;
+			goto out_close_tmp;
 		if (h->spec && json_object_set(e, "spec", h->spec))
-			goto out;
+			goto out_close_tmp;
 	}
 	if (!(text = json_dumps(root, JSON_COMPACT)))
-		goto out;
+		goto out_close_tmp;
 	rv = MER_EIO;
 	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
-		goto out;
+		goto out_close_tmp;
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0)
-		goto out;
+		goto out_close_tmp;
+	tmp_made = 1;
 	len = strlen(text);
 	for (size_t off = 0; off < len;) {
 		ssize_t w = write(fd, text + off, len - off);
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w <= 0)
-			goto out;
+			goto out_close_tmp;
 		off += (size_t)w;
 	}
 	if (fsync(fd) != 0 || close(fd) != 0) {
 		fd = -1;
-		goto out;
+		goto out_close_tmp;
 	}
 	fd = -1;
 	if (rename(tmp, path) != 0)
-		goto out;
+		goto out_close_tmp;
+	tmp_made = 0;
 	/* The rename is durable only once the directory is synced. */
 	snprintf(dir, sizeof(dir), "%s", path);
 	fd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd >= 0)
 		fsync(fd);
 	rv = 0;
-out:
+out_close_tmp:
 	if (fd >= 0)
 		close(fd);
-	if (rv == MER_EIO)
+	if (rv == MER_EIO) {
 		mer_error("cannot write the state file", "path=%s error=%s",
 			  path, strerror(errno));
+		/* No half-written temp file left behind (the rename may
+		 * have happened: then there is none to remove). */
+		if (tmp_made)
+			unlink(tmp);
+	}
 	free(text);
 	json_decref(root);
 	return rv;
@@ -340,10 +351,9 @@ static int load_state(struct mer_agent *a, char *err, size_t errlen)
 			 "%s: not a meridian-agent state file "
 			 "(version %d)",
 			 path, STATE_VERSION);
-		goto out;
+		goto out_free_doc;
 	}
-	json_array_foreach(json_object_get(doc.root, "stages"), i, e)
-	{
+	json_array_foreach (json_object_get(doc.root, "stages"), i, e) {
 		const char *id = json_string_value(json_object_get(e, "id"));
 		const char *job =
 		    json_string_value(json_object_get(e, "job_id"));
@@ -356,12 +366,12 @@ static int load_state(struct mer_agent *a, char *err, size_t errlen)
 		if (!id || !job || state < 0) {
 			mer_json_doc_errf(&doc, "stages", err, errlen,
 					  "stage %zu is malformed", i);
-			goto out;
+			goto out_free_doc;
 		}
 		if (!(h = held_add(a, id, spec, perr, sizeof(perr)))) {
 			snprintf(err, errlen, "%s: stage %s: %s", path, id,
 				 perr);
-			goto out;
+			goto out_free_doc;
 		}
 		snprintf(h->job_id, sizeof(h->job_id), "%s", job);
 		h->state = (enum mer_agent_stage_state)state;
@@ -374,7 +384,7 @@ static int load_state(struct mer_agent *a, char *err, size_t errlen)
 	}
 	json_array_extend(a->events, json_object_get(doc.root, "events"));
 	rv = 0;
-out:
+out_free_doc:
 	mer_json_doc_free(&doc);
 	return rv;
 }
@@ -418,8 +428,7 @@ int mer_agent_ack_events(struct mer_agent *a, const json_t *ids)
 	json_t *id;
 	int changed = 0;
 
-	json_array_foreach(ids, j, id)
-	{
+	json_array_foreach (ids, j, id) {
 		for (i = 0; i < json_array_size(a->events); i++) {
 			const char *e = json_string_value(json_object_get(
 			    json_array_get(a->events, i), "id"));
@@ -436,9 +445,36 @@ int mer_agent_ack_events(struct mer_agent *a, const json_t *ids)
 
 /* ------------------------------------------------------------ life */
 
-int mer_agent_open_with(const struct mer_agent_cfg *cfg,
-			const struct adapter_ops *ops, struct mer_agent **out,
-			char *err, size_t errlen)
+/* One agent per state file: a second one would submit and save behind
+ * the first one's back. The lock is on a sibling file because the state
+ * file itself is replaced by rename on every save. */
+static int lock_state(struct mer_agent *a, char *err, size_t errlen)
+{
+	const char *path = a->cfg->state_file;
+	char lock[4096];
+
+	if (!path || !*path)
+		return 0;
+	if (snprintf(lock, sizeof(lock), "%s.lock", path) >= (int)sizeof(lock))
+		return MER_EINVAL;
+	a->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (a->lock_fd < 0) {
+		snprintf(err, errlen, "%s: %s", lock, strerror(errno));
+		return MER_EIO;
+	}
+	if (flock(a->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+		snprintf(err, errlen,
+			 "%s: another meridian-agent is using this state "
+			 "file",
+			 path);
+		return errno == EWOULDBLOCK ? MER_EBUSY : MER_EIO;
+	}
+	return 0;
+}
+
+static int open_agent(const struct mer_agent_cfg *cfg,
+		      const struct adapter_ops *ops, int readonly,
+		      struct mer_agent **out, char *err, size_t errlen)
 {
 	struct mer_agent *a = calloc(1, sizeof(*a));
 	int rv = MER_ENOMEM;
@@ -448,22 +484,52 @@ int mer_agent_open_with(const struct mer_agent_cfg *cfg,
 		return MER_ENOMEM;
 	a->cfg = cfg;
 	a->ops = ops;
+	a->readonly = readonly;
+	a->lock_fd = -1;
 	if (!(a->cap = calloc(1, sizeof(*a->cap))) ||
 	    !(a->events = json_array()))
-		goto fail;
+		goto fail_close_agent;
+	if (!readonly && (rv = lock_state(a, err, errlen)))
+		goto fail_close_agent;
 	if ((rv = ops->open(cfg, &a->inst, err, errlen)))
-		goto fail;
+		goto fail_close_agent;
+	/* Read-only: the stages only count in federation_used. */
 	if ((rv = load_state(a, err, errlen)))
-		goto fail;
+		goto fail_close_agent;
 	/* A scheduler that is down now is not fatal: stages are reconciled
 	 * once it answers. */
-	if (a->nh)
+	if (a->nh && !readonly) {
+		/* Probe first: adapters place resubmitted stages with what a
+		 * probe learnt (Kubernetes node labels, GPU products). */
+		mer_agent_probe(a);
 		mer_agent_reconcile(a);
+	}
 	*out = a;
 	return 0;
-fail:
+fail_close_agent:
 	mer_agent_close(a);
 	return rv;
+}
+
+int mer_agent_open_with(const struct mer_agent_cfg *cfg,
+			const struct adapter_ops *ops, struct mer_agent **out,
+			char *err, size_t errlen)
+{
+	return open_agent(cfg, ops, 0, out, err, errlen);
+}
+
+int mer_agent_open_readonly(const struct mer_agent_cfg *cfg,
+			    struct mer_agent **out, char *err, size_t errlen)
+{
+	const struct adapter_ops *ops =
+	    mer_agent_adapter_find(mer_agent_sched_name(cfg->kind));
+
+	if (!ops) {
+		snprintf(err, errlen, "no adapter for scheduler kind %s",
+			 mer_agent_sched_name(cfg->kind));
+		return MER_EUNSUPPORTED;
+	}
+	return open_agent(cfg, ops, 1, out, err, errlen);
 }
 
 int mer_agent_open(const struct mer_agent_cfg *cfg, struct mer_agent **out,
@@ -491,6 +557,8 @@ void mer_agent_close(struct mer_agent *a)
 	free(a->h);
 	free(a->cap);
 	json_decref(a->events);
+	if (a->lock_fd >= 0)
+		close(a->lock_fd); /* drops the flock */
 	free(a);
 }
 
@@ -542,7 +610,7 @@ int mer_agent_probe(struct mer_agent *a)
 	a->cap = cap;
 	a->have_cap = 1;
 	mark_up(a);
-	if (was_down && a->nh)
+	if (was_down && a->nh && !a->readonly)
 		mer_agent_reconcile(a);
 	return 0;
 }
@@ -557,7 +625,9 @@ const char *mer_agent_unhealthy_reason(const struct mer_agent *a)
 	return a->unhealthy;
 }
 
-/* What running federation stages hold, per pool and kind. */
+/* What running federation stages hold, per pool and kind (queued ones are
+ * in the scheduler's pending, counting them here too would report more
+ * in use than the pool has). */
 static void fed_used(struct mer_agent *a, struct mer_agent_capacity *used)
 {
 	memset(used, 0, sizeof(*used));
@@ -568,7 +638,9 @@ static void fed_used(struct mer_agent *a, struct mer_agent_capacity *used)
 		struct mer_agent_res *r;
 		double reps = h->st.replicas > 0 ? (double)h->st.replicas : 1;
 
-		if (mer_agent_stage_state_final(h->state) || !h->spec)
+		/* Only what runs: a stage still queued at the scheduler
+		 * shows in the pool's pending already. */
+		if (h->state != MER_AGENT_STAGE_RUNNING || !h->spec)
 			continue;
 		if (!*pool && a->have_cap && a->cap->npools)
 			pool = a->cap->pools[0].name;
@@ -617,16 +689,19 @@ static int submit_held(struct mer_agent *a, struct held *h, char *err,
 
 	/* The job may exist already: a crash after submit and before the
 	 * save, or a state file lost. Adopt it rather than run twice. */
+	int adopted = 0;
+
 	rv = a->ops->find(a->inst, h->id, job, sizeof(job), ferr, sizeof(ferr));
 	if (rv == 0) {
-		mer_info("stage found at the scheduler", "stage=%s job=%s",
-			 h->id, job);
+		adopted = 1;
 	} else if (rv == MER_ENOTFOUND) {
 		rv = a->ops->submit(a->inst, &h->st, job, sizeof(job), err,
 				    errlen);
-		if (rv == MER_EEXIST)
+		if (rv == MER_EEXIST) {
 			rv = a->ops->find(a->inst, h->id, job, sizeof(job), err,
 					  errlen);
+			adopted = 1;
+		}
 	} else {
 		snprintf(err, errlen, "%s", ferr);
 	}
@@ -635,7 +710,11 @@ static int submit_held(struct mer_agent *a, struct held *h, char *err,
 	snprintf(h->job_id, sizeof(h->job_id), "%s", job);
 	h->submitting = 0;
 	h->state = MER_AGENT_STAGE_PENDING;
-	mer_info("stage submitted", "stage=%s job=%s", h->id, job);
+	if (adopted)
+		mer_info("stage found at the scheduler", "stage=%s job=%s",
+			 h->id, job);
+	else
+		mer_info("stage submitted", "stage=%s job=%s", h->id, job);
 	return 0;
 }
 
@@ -647,12 +726,18 @@ static int launch_json(struct mer_agent *a, const json_t *spec, int *already,
 	int rv;
 
 	*already = 0;
+	if (a->readonly) {
+		snprintf(err, errlen, "the agent is open read-only");
+		return MER_ESTATE;
+	}
 	if (!json_is_object(spec)) {
 		snprintf(err, errlen, "stage: must be an object");
 		return MER_EINVAL;
 	}
 	if (id && (h = held_find(a, id))) {
-		*already = 1;
+		/* A repeat of a launch: never a second job. A stage that
+		 * has ended says so; a new attempt has a new stage id. */
+		*already = mer_agent_stage_state_final(h->state) ? 2 : 1;
 		return 0;
 	}
 	if (!(h = held_add(a, id ? id : "", spec, err, errlen)))
@@ -725,6 +810,10 @@ int mer_agent_cancel(struct mer_agent *a, const char *stage_id, char *err,
 		snprintf(err, errlen, "no stage %s here", stage_id);
 		return MER_ENOTFOUND;
 	}
+	if (a->readonly) {
+		snprintf(err, errlen, "the agent is open read-only");
+		return MER_ESTATE;
+	}
 	if (mer_agent_stage_state_final(h->state))
 		return 0;
 	h->cancel = 1;
@@ -766,7 +855,7 @@ static int finish(struct mer_agent *a, struct held *h,
 
 /* One stage: its status, and the event for a change. 1 when an event was
  * added, 0 when none, < 0 as -code. */
-static int follow(struct mer_agent *a, struct held *h)
+static int follow(struct mer_agent *a, struct held *h, int *dirty)
 {
 	struct mer_agent_stage_status s;
 	char err[512] = "", job[MER_AGENT_NAME_MAX];
@@ -778,6 +867,7 @@ static int follow(struct mer_agent *a, struct held *h)
 		/* A launch cut short by a restart. */
 		if ((rv = submit_held(a, h, err, sizeof(err))))
 			return -rv;
+		*dirty = 1; /* the job id must reach the state file */
 		if (h->cancel)
 			a->ops->cancel(a->inst, h->job_id, err, sizeof(err));
 		return 0;
@@ -795,6 +885,7 @@ static int follow(struct mer_agent *a, struct held *h)
 				  sizeof(err));
 		if (rv == 0 && strcmp(job, h->job_id) != 0) {
 			snprintf(h->job_id, sizeof(h->job_id), "%s", job);
+			*dirty = 1;
 			return 0;
 		}
 		if (rv == 0 || rv == MER_ENOTFOUND) {
@@ -829,6 +920,8 @@ static int follow(struct mer_agent *a, struct held *h)
 			return -rv;
 		return 1;
 	}
+	if (h->state != s.state)
+		*dirty = 1;
 	h->state = s.state;
 	return 0;
 }
@@ -839,10 +932,14 @@ int mer_agent_tick(struct mer_agent *a)
 	long long now = (long long)time(NULL);
 	int changed = 0;
 
-	if (a->unhealthy[0] && a->next_probe_ms && mono_ms() < a->next_probe_ms)
+	if (a->readonly || (a->unhealthy[0] && a->next_probe_ms &&
+			    mono_ms() < a->next_probe_ms))
 		return 0;
 	for (size_t i = 0; i < a->nh; i++) {
-		rv = follow(a, &a->h[i]);
+		int dirty = 0;
+		rv = follow(a, &a->h[i], &dirty);
+		if (dirty)
+			changed = 1;
 		if (rv == -MER_EUNREACHABLE || rv == -MER_ETIMEDOUT) {
 			mark_down(a, -rv,
 				  "scheduler unreachable while "
@@ -906,8 +1003,9 @@ int mer_agent_command(struct mer_agent *a, const json_t *cmd, json_t **reply)
 	const char *id = json_string_value(json_object_get(cmd, "id"));
 	const char *type = json_string_value(json_object_get(cmd, "type"));
 	const char *result = NULL;
+	struct held *held = NULL;
 	char err[512] = "";
-	int rv = 0, already;
+	int rv = 0, already = 0;
 
 	*reply = NULL;
 	if (!type) {
@@ -916,7 +1014,13 @@ int mer_agent_command(struct mer_agent *a, const json_t *cmd, json_t **reply)
 	} else if (strcmp(type, "launch") == 0) {
 		rv = launch_json(a, json_object_get(cmd, "stage"), &already,
 				 err, sizeof(err));
-		result = already ? "already_running" : "launched";
+		result = already == 2	? "already_finished"
+			 : already == 1 ? "already_running"
+					: "launched";
+		if (already)
+			held = held_find(
+			    a, json_string_value(json_object_get(
+				   json_object_get(cmd, "stage"), "id")));
 	} else if (strcmp(type, "cancel") == 0) {
 		const char *sid =
 		    json_string_value(json_object_get(cmd, "stage_id"));
@@ -938,7 +1042,16 @@ int mer_agent_command(struct mer_agent *a, const json_t *cmd, json_t **reply)
 		return MER_ENOMEM;
 	if (rv == 0)
 		json_object_set_new(*reply, "result", json_string(result));
-	else
+	if (rv == 0 && held) {
+		/* The stage's real state, so the broker need not guess. */
+		json_object_set_new(
+		    *reply, "state",
+		    json_string(mer_agent_stage_state_name(held->state)));
+		json_object_set_new(*reply, "exit_code",
+				    json_integer(held->exit_code));
+		json_object_set_new(*reply, "job_id",
+				    json_string(held->job_id));
+	} else
 		json_object_set_new(*reply, "error",
 				    json_pack("{s:s, s:s}", "code",
 					      mer_errname(rv), "message", err));

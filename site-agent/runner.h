@@ -22,11 +22,22 @@ struct mer_agent;
  * Opens the adapter for cfg->kind, loads cfg->state_file (a missing file is
  * an empty state; a corrupt one is MER_EPARSE, never silently dropped) and
  * reconciles every stage it lists with the scheduler (see
- * mer_agent_reconcile). cfg must outlive the agent.
+ * mer_agent_reconcile), after a first probe so that adapters know the
+ * cluster before they resubmit anything. Holds an exclusive flock on
+ * "<state_file>.lock" until closed: a second agent on the same state file gets
+ * MER_EBUSY. cfg must outlive the agent.
  */
 int mer_agent_open(const struct mer_agent_cfg *cfg, struct mer_agent **out,
 		   char *err, size_t errlen);
 void mer_agent_close(struct mer_agent *a);
+
+/*
+ * Open for --print-summary: loads the state file (its stages count in
+ * federation_used) but never reconciles, launches, cancels, follows or
+ * saves, and takes no lock. Launch/cancel answer MER_ESTATE.
+ */
+int mer_agent_open_readonly(const struct mer_agent_cfg *cfg,
+			    struct mer_agent **out, char *err, size_t errlen);
 
 /* For tests: an adapter other than the registry's for cfg->kind. */
 int mer_agent_open_with(const struct mer_agent_cfg *cfg,
@@ -53,14 +64,18 @@ int mer_agent_summary(struct mer_agent *a, json_t **out);
  * "stage": {...}} or {"id", "type": "cancel", "stage_id": ...}; others
  * ("drain", "preempt") are acknowledged as unsupported. *reply gets an
  * acknowledgement object {"command": id, "ok": bool, "result": "launched"
- * | "already_running" | "cancelled" | ..., "error": ...} (new reference).
- * A repeated launch of a stage the agent holds is "already_running", not a
- * second job. Returns 0, or MER_ENOMEM when not even the reply could be
+ * | "already_running" | "already_finished" | "cancelling", "error": ...}
+ * (new reference). A repeated launch of a stage the agent holds is never
+ * a second job: "already_running", or "already_finished" for one that has
+ * ended, both with the stage's "state", "exit_code" and "job_id". Stage ids
+ * are attempt-scoped ("<job>/<stage>#<attempt>"): a new attempt is a new
+ * id. Returns 0, or MER_ENOMEM when not even the reply could be
  * made; a failed command is reported in the reply, not as a code.
  */
 int mer_agent_command(struct mer_agent *a, const json_t *cmd, json_t **reply);
 
-/* Launch and cancel, for callers without JSON commands. */
+/* Launch and cancel, for callers without JSON commands. *already: 0 when
+ * launched now, 1 when held and not ended, 2 when held and ended. */
 int mer_agent_launch(struct mer_agent *a, const struct mer_agent_stage *st,
 		     int *already, char *err, size_t errlen);
 int mer_agent_cancel(struct mer_agent *a, const char *stage_id, char *err,

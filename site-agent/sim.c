@@ -36,6 +36,7 @@ struct sim_job {
 
 struct sim_world {
 	char path[1024];
+	char site[128]; /* site.name: worlds are per site */
 	struct sim_job *jobs;
 	size_t njobs, cap;
 	unsigned long next_id;
@@ -100,7 +101,7 @@ static int sim_read(struct sim *s, struct mer_agent_capacity *cap,
 		*unreachable = 1;
 		snprintf(err, errlen, "sim: the site file says unreachable");
 		rv = MER_EUNREACHABLE;
-		goto out;
+		goto out_free_doc;
 	}
 	snprintf(cap->version, sizeof(cap->version), "%s",
 		 json_string_value(json_object_get(doc.root, "version"))
@@ -110,10 +111,9 @@ static int sim_read(struct sim *s, struct mer_agent_capacity *cap,
 	if (!json_is_array(pools) || json_array_size(pools) == 0) {
 		mer_json_doc_errf(&doc, "pools", err, errlen,
 				  "must be a non-empty array of pools");
-		goto out;
+		goto out_free_doc;
 	}
-	json_array_foreach(pools, i, pj)
-	{
+	json_array_foreach (pools, i, pj) {
 		char pp[64], np[96];
 		const char *name =
 		    json_string_value(json_object_get(pj, "name"));
@@ -127,19 +127,19 @@ static int sim_read(struct sim *s, struct mer_agent_capacity *cap,
 		if (!name || !*name) {
 			mer_json_doc_errf(&doc, pp, err, errlen,
 					  "a pool needs a name");
-			goto out;
+			goto out_free_doc;
 		}
 		if (!json_is_array(nodes)) {
 			mer_json_doc_errf(&doc, pp, err, errlen,
 					  "a pool needs a nodes array");
-			goto out;
+			goto out_free_doc;
 		}
 		if (!(p = mer_agent_cap_pool(cap, name))) {
 			snprintf(err, errlen, "sim: too many pools");
-			goto out;
+			goto out_free_doc;
 		}
 		if (num(&doc, pj, pp, "est_wait_s", 0, 1e9, &wait, err, errlen))
-			goto out;
+			goto out_free_doc;
 		p->est_wait_s = wait;
 		if (bg) {
 			char bp[96];
@@ -150,7 +150,7 @@ static int sim_read(struct sim *s, struct mer_agent_capacity *cap,
 				errlen) ||
 			    num(&doc, bg, bp, "period_s", 0, 1e9, &period, err,
 				errlen))
-				goto out;
+				goto out_free_doc;
 			if (period > 0)
 				load += amp * sin(2 * M_PI * fmod(t, period) /
 						  period);
@@ -159,8 +159,7 @@ static int sim_read(struct sim *s, struct mer_agent_capacity *cap,
 			if (load > 1)
 				load = 1;
 		}
-		json_array_foreach(nodes, j, nj)
-		{
+		json_array_foreach (nodes, j, nj) {
 			double count = 1, down = 0, cpus = 0, mem = 0;
 			const json_t *g = json_object_get(nj, "gpus");
 			const char *model;
@@ -169,7 +168,7 @@ static int sim_read(struct sim *s, struct mer_agent_capacity *cap,
 			if (!json_is_object(nj)) {
 				mer_json_doc_errf(&doc, np, err, errlen,
 						  "must be an object");
-				goto out;
+				goto out_free_doc;
 			}
 			if (num(&doc, nj, np, "count", 0, 1e6, &count, err,
 				errlen) ||
@@ -179,7 +178,7 @@ static int sim_read(struct sim *s, struct mer_agent_capacity *cap,
 				errlen) ||
 			    num(&doc, nj, np, "memory_mb", 0, 1e9, &mem, err,
 				errlen))
-				goto out;
+				goto out_free_doc;
 			struct mer_agent_res *rc = mer_agent_pool_res(p, "cpu");
 			struct mer_agent_res *rm =
 			    mer_agent_pool_res(p, "memory_mb");
@@ -193,10 +192,9 @@ static int sim_read(struct sim *s, struct mer_agent_capacity *cap,
 				mer_json_doc_errf(&doc, np, err, errlen,
 						  "gpus must be an object of "
 						  "model: count");
-				goto out;
+				goto out_free_doc;
 			}
-			json_object_foreach((json_t *)g, model, gv)
-			{
+			json_object_foreach ((json_t *)g, model, gv) {
 				char kind[64];
 				double n = json_number_value(gv);
 				struct mer_agent_res *r;
@@ -205,7 +203,7 @@ static int sim_read(struct sim *s, struct mer_agent_capacity *cap,
 							  "gpus.%s must be a "
 							  "count",
 							  model);
-					goto out;
+					goto out_free_doc;
 				}
 				snprintf(kind, sizeof(kind), "gpu:%s", model);
 				if (!(r = mer_agent_pool_res(p, kind)))
@@ -225,10 +223,10 @@ static int sim_read(struct sim *s, struct mer_agent_capacity *cap,
 		}
 	}
 	rv = 0;
-	goto out;
+	goto out_free_doc;
 full:
 	snprintf(err, errlen, "sim: too many resource kinds");
-out:
+out_free_doc:
 	mer_json_doc_free(&doc);
 	return rv;
 }
@@ -314,12 +312,17 @@ static int sim_open(const struct mer_agent_cfg *cfg, void **inst, char *err,
 	}
 	s->cfg = cfg;
 	pthread_mutex_lock(&sim_lock);
+	/* One world per site and file: agents of different sites reading
+	 * one sim file are different clusters. */
 	for (w = worlds; w; w = w->next) {
-		if (strcmp(w->path, cfg->sim_file) == 0)
+		if (strcmp(w->path, cfg->sim_file) == 0 &&
+		    strcmp(w->site, cfg->name ? cfg->name : "") == 0)
 			break;
 	}
 	if (!w && (w = calloc(1, sizeof(*w)))) {
 		snprintf(w->path, sizeof(w->path), "%s", cfg->sim_file);
+		snprintf(w->site, sizeof(w->site), "%s",
+			 cfg->name ? cfg->name : "");
 		w->next = worlds;
 		worlds = w;
 	}
@@ -331,6 +334,16 @@ static int sim_open(const struct mer_agent_cfg *cfg, void **inst, char *err,
 	s->w = w;
 	*inst = s;
 	return 0;
+}
+
+/* The pool named name, looking only (mer_agent_cap_pool would add it). */
+static struct mer_agent_pool *pool_find(struct mer_agent_capacity *cap,
+					const char *name)
+{
+	for (size_t i = 0; i < cap->npools; i++)
+		if (strcmp(cap->pools[i].name, name) == 0)
+			return &cap->pools[i];
+	return NULL;
 }
 
 static int sim_probe(void *inst, struct mer_agent_capacity *cap, char *err,
@@ -349,8 +362,8 @@ static int sim_probe(void *inst, struct mer_agent_capacity *cap, char *err,
 	for (size_t i = 0; i < s->w->njobs; i++) {
 		struct sim_job *j = &s->w->jobs[i];
 		struct mer_agent_pool *p;
-		if (!(p = mer_agent_cap_pool(cap, j->pool)))
-			continue;
+		if (!(p = pool_find(cap, j->pool)))
+			continue; /* the pool left the sim file */
 		if (j->state == MER_AGENT_STAGE_RUNNING)
 			job_add(p, j, 1, 0);
 		else if (j->state == MER_AGENT_STAGE_PENDING)
@@ -393,7 +406,7 @@ static int sim_submit(void *inst, const struct mer_agent_stage *st,
 	snprintf(j.stage, sizeof(j.stage), "%s", st->id);
 	snprintf(j.pool, sizeof(j.pool), "%s",
 		 st->pool[0] ? st->pool : s->last.pools[0].name);
-	if (!mer_agent_cap_pool(&s->last, j.pool) || s->last.npools == 0) {
+	if (s->last.npools == 0 || !pool_find(&s->last, j.pool)) {
 		snprintf(err, errlen, "sim: no pool '%s'", j.pool);
 		return MER_ENOTFOUND;
 	}

@@ -22,60 +22,93 @@
 #include "site-agent/kutil.h"
 
 #define JOB_PREFIX "mer:"
+/* The wait advertised when the demand does not fit: the soonest end of a
+ * running job, bounded. Jobs without a time limit have an end_time a year
+ * out (or "infinite"): they say nothing about when room frees up. */
+#define WAIT_DEFAULT_S 3600.0
+#define WAIT_CAP_S (24 * 3600.0)
 
 struct slurm {
 	const struct mer_agent_cfg *cfg;
 	struct mer_agent_http http;
 	char ver[16]; /* "v0.0.38"; "" until discovered */
 	int minor;    /* 38 for v0.0.38 */
+	int has_db;   /* /slurmdb/<ver>/job/{id} offered (accounting) */
 };
 
 static int slurm_open(const struct mer_agent_cfg *cfg, void **inst, char *err,
 		      size_t errlen)
 {
 	struct slurm *s = calloc(1, sizeof(*s));
+	const char *token = cfg->token;
+	char *tok = NULL;
 	int rv;
 
 	if (!s)
 		return MER_ENOMEM;
 	s->cfg = cfg;
+	/* scheduler.token_file (e.g. written by `scontrol token`) when no
+	 * token is inline. */
+	if ((!token || !*token) && cfg->token_file && *cfg->token_file) {
+		if ((rv = mer_agent_read_token(cfg->token_file, &tok))) {
+			snprintf(err, errlen,
+				 "slurm: cannot read scheduler.token_file %s",
+				 cfg->token_file);
+			free(s);
+			return rv;
+		}
+		token = tok;
+	}
 	if ((rv = mer_agent_http_init(&s->http, cfg->url, NULL, cfg->ca_file,
 				      cfg->insecure, (long)cfg->timeout_ms)))
-		goto fail;
+		goto fail_report;
 	/* JWT auth over TCP; a unix socket uses rest_auth/local instead. */
 	if (strncmp(cfg->url, "unix://", 7) != 0) {
 		if ((cfg->user && *cfg->user &&
 		     (rv = mer_agent_http_header(&s->http, "X-SLURM-USER-NAME",
 						 cfg->user))) ||
-		    (cfg->token && *cfg->token &&
+		    (token && *token &&
 		     (rv = mer_agent_http_header(&s->http, "X-SLURM-USER-TOKEN",
-						 cfg->token))))
-			goto fail;
+						 token))))
+			goto fail_report;
 	}
+	mer_agent_free_token(tok);
+	tok = NULL;
 	if (cfg->api_version && *cfg->api_version) {
-		snprintf(s->ver, sizeof(s->ver), "%s", cfg->api_version);
-		s->minor = (int)strtol(
-		    strrchr(s->ver, '.') ? strrchr(s->ver, '.') + 1 : "0", NULL,
-		    10);
+		int minor, end = 0;
+		if (sscanf(cfg->api_version, "v0.0.%d%n", &minor, &end) != 1 ||
+		    cfg->api_version[end] != '\0' || minor < 38 || minor > 99) {
+			snprintf(err, errlen,
+				 "slurm: scheduler.api_version must be "
+				 "v0.0.NN with NN >= 38");
+			rv = MER_EINVAL;
+			goto clear_http;
+		}
+		snprintf(s->ver, sizeof(s->ver), "v0.0.%d", minor);
+		s->minor = minor;
 	}
 	*inst = s;
 	return 0;
-fail:
+fail_report:
 	snprintf(err, errlen, "slurm: bad scheduler.url or credentials");
+clear_http:
+	mer_agent_free_token(tok);
 	mer_agent_http_clear(&s->http);
 	free(s);
 	return rv;
 }
 
-/* Picks the newest "/slurm/v0.0.NN/" the server's OpenAPI document lists
- * that this adapter speaks (38 and later). */
+/* Picks v0.0.39, else v0.0.38, from the "/slurm/v0.0.NN/" paths the
+ * server's OpenAPI document lists: the shapes this adapter was tested
+ * with. A newer version only through scheduler.api_version, since its
+ * shapes may have moved. */
 static int discover(struct slurm *s, char *err, size_t errlen)
 {
 	json_t *doc = NULL;
 	const char *path;
 	json_t *v;
 	long st;
-	int best = -1, rv;
+	int best = -1, newest = -1, dbs = 0, rv;
 
 	if (s->ver[0])
 		return 0;
@@ -85,26 +118,42 @@ static int discover(struct slurm *s, char *err, size_t errlen)
 		rv = mer_agent_http_do(&s->http, "GET", "/openapi/v3", NULL,
 				       NULL, &st, &doc, err, errlen);
 	if (rv)
-		goto out;
-	json_object_foreach(json_object_get(doc, "paths"), path, v)
-	{
+		goto out_free_doc;
+	json_object_foreach (json_object_get(doc, "paths"), path, v) {
 		int minor;
 		char tail[8];
-		if (sscanf(path, "/slurm/v0.0.%d/%7s", &minor, tail) == 2 &&
-		    minor > best)
+		if (sscanf(path, "/slurmdb/v0.0.%d/job/%7s", &minor, tail) ==
+		    2) {
+			dbs |= minor == 38 ? 1 : minor == 39 ? 2 : 0;
+			continue;
+		}
+		if (sscanf(path, "/slurm/v0.0.%d/%7s", &minor, tail) != 2)
+			continue;
+		if (minor > newest)
+			newest = minor;
+		if ((minor == 38 || minor == 39) && minor > best)
 			best = minor;
 	}
-	if (best < 38) {
-		snprintf(err, errlen,
-			 "slurm: slurmrestd offers no /slurm/v0.0.38+ API "
-			 "(is openapi/v0.0.38 loaded?)");
-		rv = best < 0 ? MER_EPARSE : MER_EUNSUPPORTED;
-		goto out;
+	if (best < 0) {
+		if (newest > 39)
+			snprintf(err, errlen,
+				 "slurm: slurmrestd offers v0.0.%d but not the "
+				 "tested v0.0.38/39; set scheduler.api_version "
+				 "to \"v0.0.%d\" to try it",
+				 newest, newest);
+		else
+			snprintf(err, errlen,
+				 "slurm: slurmrestd offers no /slurm/v0.0.38 "
+				 "or v0.0.39 API (is openapi/v0.0.38 "
+				 "loaded?)");
+		rv = newest < 0 ? MER_EPARSE : MER_EUNSUPPORTED;
+		goto out_free_doc;
 	}
 	s->minor = best;
+	s->has_db = (dbs & (best == 38 ? 1 : 2)) != 0;
 	snprintf(s->ver, sizeof(s->ver), "v0.0.%d", best);
 	mer_info("slurmrestd api found", "version=%s", s->ver);
-out:
+out_free_doc:
 	json_decref(doc);
 	return rv;
 }
@@ -152,21 +201,21 @@ static int node_allocatable(const json_t *node)
 
 	if (json_is_string(st))
 		snprintf(buf, sizeof(buf), "%s", json_string_value(st));
-	json_array_foreach(st, i, e)
-	{
+	json_array_foreach (st, i, e) {
 		size_t n = strlen(buf);
 		snprintf(buf + n, sizeof(buf) - n, "+%s",
 			 json_string_value(e) ? json_string_value(e) : "");
 	}
-	json_array_foreach(json_object_get(node, "state_flags"), i, e)
-	{
+	json_array_foreach (json_object_get(node, "state_flags"), i, e) {
 		size_t n = strlen(buf);
 		snprintf(buf + n, sizeof(buf) - n, "+%s",
 			 json_string_value(e) ? json_string_value(e) : "");
 	}
 	for (char *p = buf; *p; p++)
 		*p = (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p);
-	for (char *tok = strtok(buf, "+"); tok; tok = strtok(NULL, "+")) {
+	char *save = NULL;
+	for (char *tok = strtok_r(buf, "+", &save); tok;
+	     tok = strtok_r(NULL, "+", &save)) {
 		for (i = 0; bad[i]; i++)
 			if (strcmp(tok, bad[i]) == 0)
 				return 0;
@@ -252,8 +301,7 @@ static int node_in(const json_t *node, const char *part)
 	size_t i;
 	json_t *e;
 
-	json_array_foreach(json_object_get(node, "partitions"), i, e)
-	{
+	json_array_foreach (json_object_get(node, "partitions"), i, e) {
 		if (json_string_value(e) &&
 		    strcmp(json_string_value(e), part) == 0)
 			return 1;
@@ -286,7 +334,7 @@ static int slurm_probe(void *inst, struct mer_agent_capacity *cap, char *err,
 		       errlen)) ||
 	    (rv = call(s, "GET", "nodes", NULL, &nodes, &st, err, errlen)) ||
 	    (rv = call(s, "GET", "jobs", NULL, &jobs, &st, err, errlen)))
-		goto out;
+		goto out_free_lists;
 	rv = MER_EPARSE;
 	if (!json_is_array(json_object_get(parts, "partitions")) ||
 	    !json_is_array(json_object_get(nodes, "nodes")) ||
@@ -294,15 +342,14 @@ static int slurm_probe(void *inst, struct mer_agent_capacity *cap, char *err,
 		snprintf(err, errlen,
 			 "slurm: reply without partitions, nodes "
 			 "or jobs");
-		goto out;
+		goto out_free_lists;
 	}
 	snprintf(cap->version, sizeof(cap->version), "%s%s%s",
 		 mer_agent_jstr(nodes, "meta", "Slurm", "release", NULL)
 		     ? mer_agent_jstr(nodes, "meta", "Slurm", "release", NULL)
 		     : "",
 		 " openapi/", s->ver);
-	json_array_foreach(json_object_get(parts, "partitions"), i, pj)
-	{
+	json_array_foreach (json_object_get(parts, "partitions"), i, pj) {
 		const char *pname = mer_agent_jstr(pj, "name", NULL);
 		struct mer_agent_pool *p;
 		struct mer_agent_res *rc, *rm;
@@ -311,8 +358,7 @@ static int slurm_probe(void *inst, struct mer_agent_capacity *cap, char *err,
 		if (!(rc = mer_agent_pool_res(p, "cpu")) ||
 		    !(rm = mer_agent_pool_res(p, "memory_mb")))
 			continue;
-		json_array_foreach(json_object_get(nodes, "nodes"), j, nd)
-		{
+		json_array_foreach (json_object_get(nodes, "nodes"), j, nd) {
 			double cpus = jnum(nd, "cpus");
 			double mem = jnum(nd, "real_memory");
 			double acpu = jnum(nd, "alloc_cpus");
@@ -342,16 +388,20 @@ static int slurm_probe(void *inst, struct mer_agent_capacity *cap, char *err,
 	for (i = 0; i < cap->npools; i++) {
 		struct mer_agent_pool *p = &cap->pools[i];
 		double soonest = -1;
-		json_array_foreach(json_object_get(jobs, "jobs"), j, jb)
-		{
+		json_array_foreach (json_object_get(jobs, "jobs"), j, jb) {
 			const char *state = job_state(jb);
 			const char *part =
 			    mer_agent_jstr(jb, "partition", NULL);
 			if (!state || !part || strcmp(part, p->name) != 0)
 				continue;
 			if (strcmp(state, "RUNNING") == 0) {
+				const json_t *et =
+				    json_object_get(jb, "end_time");
 				double end = jnum(jb, "end_time");
-				if (end > now &&
+				if (json_is_true(
+					json_object_get(et, "infinite")))
+					continue;
+				if (end > now && end - now <= WAIT_CAP_S &&
 				    (soonest < 0 || end - now < soonest))
 					soonest = end - now;
 				continue;
@@ -377,10 +427,13 @@ static int slurm_probe(void *inst, struct mer_agent_capacity *cap, char *err,
 			if (p->res[j].pending > p->res[j].free)
 				short_ = 1;
 		}
-		p->est_wait_s = short_ ? (soonest >= 0 ? soonest : 3600) : 0;
+		p->est_wait_s =
+		    short_ ? (soonest >= 0 ? soonest : WAIT_DEFAULT_S) : 0;
+		if (p->est_wait_s > WAIT_CAP_S)
+			p->est_wait_s = WAIT_CAP_S;
 	}
 	rv = 0;
-out:
+out_free_lists:
 	json_decref(nodes);
 	json_decref(parts);
 	json_decref(jobs);
@@ -420,7 +473,7 @@ static int slurm_submit(void *inst, const struct mer_agent_stage *st,
 	rv = MER_ENOMEM;
 	snprintf(name, sizeof(name), JOB_PREFIX "%s", st->id);
 	if (!(script = make_script(st->command)))
-		goto out;
+		goto out_free_job;
 	/* slurmrestd refuses a job without an environment. */
 	if (s->minor >= 39)
 		env = json_pack("[s, s]", "PATH=/usr/local/bin:/usr/bin:/bin",
@@ -439,7 +492,7 @@ static int slurm_submit(void *inst, const struct mer_agent_stage *st,
 			st->workdir && *st->workdir ? st->workdir : "/tmp",
 			"environment", env);
 	if (!job)
-		goto out;
+		goto out_free_job;
 	if (part)
 		json_object_set_new(job, "partition", json_string(part));
 	if (st->output && *st->output)
@@ -450,12 +503,20 @@ static int slurm_submit(void *inst, const struct mer_agent_stage *st,
 				    json_integer(st->cpus));
 	if (st->replicas > 1)
 		json_object_set_new(job, "tasks", json_integer(st->replicas));
-	if (st->memory_mb > 0)
+	/* Several replicas are several tasks, maybe on one node: ask per
+	 * task (memory per CPU of the task, GPUs per task) so that every
+	 * replica gets its share, not the node's. */
+	if (st->memory_mb > 0) {
+		int per_task = st->replicas > 1;
+		json_int_t cpt = st->cpus > 0 ? st->cpus : 1;
+		json_int_t mb =
+		    per_task ? (st->memory_mb + cpt - 1) / cpt : st->memory_mb;
 		json_object_set_new(
-		    job, "memory_per_node",
-		    s->minor >= 39 ? json_pack("{s:b, s:I}", "set", 1, "number",
-					       (json_int_t)st->memory_mb)
-				   : json_integer(st->memory_mb));
+		    job, per_task ? "memory_per_cpu" : "memory_per_node",
+		    s->minor >= 39
+			? json_pack("{s:b, s:I}", "set", 1, "number", mb)
+			: json_integer(mb));
+	}
 	if (st->time_limit_s > 0) {
 		json_int_t min = (json_int_t)((st->time_limit_s + 59) / 60);
 		json_object_set_new(
@@ -474,8 +535,14 @@ static int slurm_submit(void *inst, const struct mer_agent_stage *st,
 		if (s->minor >= 39) {
 			char t[MER_AGENT_NAME_MAX + 64];
 			snprintf(t, sizeof(t), "gres/%s", gres);
-			json_object_set_new(job, "tres_per_node",
+			json_object_set_new(job,
+					    st->replicas > 1 ? "tres_per_task"
+							     : "tres_per_node",
 					    json_string(t));
+		} else if (st->replicas > 1) {
+			/* --gpus-per-task: "[type:]count" */
+			json_object_set_new(job, "gpus_per_task",
+					    json_string(gres + 4));
 		} else {
 			json_object_set_new(job, "gres", json_string(gres));
 		}
@@ -487,10 +554,10 @@ static int slurm_submit(void *inst, const struct mer_agent_stage *st,
 		body = json_pack("{s:O, s:s}", "job", job, "script", script);
 	}
 	if (!body)
-		goto out;
+		goto out_free_job;
 	if ((rv = call(s, "POST", "job/submit", body, &reply, &status, err,
 		       errlen)))
-		goto out;
+		goto out_free_job;
 	json_int_t id = (json_int_t)jnum(reply, "job_id");
 	if (id <= 0) {
 		const char *e = mer_agent_jstr(
@@ -499,11 +566,11 @@ static int slurm_submit(void *inst, const struct mer_agent_stage *st,
 		snprintf(err, errlen, "slurm: job refused: %.200s",
 			 e ? e : "no job_id in reply");
 		rv = MER_EREMOTE;
-		goto out;
+		goto out_free_job;
 	}
 	snprintf(job_id, n, "%lld", (long long)id);
 	rv = 0;
-out:
+out_free_job:
 	free(script);
 	json_decref(job);
 	json_decref(body);
@@ -528,8 +595,7 @@ static int says_unknown(const json_t *reply)
 	size_t i;
 	json_t *e;
 
-	json_array_foreach(json_object_get(reply, "errors"), i, e)
-	{
+	json_array_foreach (json_object_get(reply, "errors"), i, e) {
 		const char *d = mer_agent_jstr(e, "error", NULL);
 		const char *d2 = mer_agent_jstr(e, "description", NULL);
 		if ((d && (strstr(d, "Invalid job id") ||
@@ -537,7 +603,9 @@ static int says_unknown(const json_t *reply)
 		    (d2 && strstr(d2, "Invalid job id")))
 			return 1;
 		if (json_integer_value(json_object_get(e, "error_number")) ==
-		    2017) /* ESLURM_INVALID_JOB_ID */
+			2017 || /* ESLURM_INVALID_JOB_ID */
+		    json_integer_value(json_object_get(e, "error_number")) ==
+			9003) /* ESLURM_REST_EMPTY_RESULT (slurmdbd) */
 			return 1;
 	}
 	return 0;
@@ -566,16 +634,42 @@ static int exit_code_of(const json_t *job)
 	return -1;
 }
 
+/* slurmdbd's view of a job slurmctld has purged (after MinJobAge): its
+ * state is {"current": "COMPLETED" | ["COMPLETED"], "reason": ...}. */
+static int db_job(struct slurm *s, const char *job_id, json_t **reply,
+		  const char **state, json_t **job, char *err, size_t errlen)
+{
+	char path[128];
+	const json_t *cur;
+	long st;
+	int rv;
+
+	snprintf(path, sizeof(path), "/slurmdb/%s/job/%s", s->ver, job_id);
+	rv = mer_agent_http_do(&s->http, "GET", path, NULL, NULL, &st, reply,
+			       err, errlen);
+	if ((rv == MER_EREMOTE && (st == 404 || says_unknown(*reply))) ||
+	    (rv == 0 && json_array_size(json_object_get(*reply, "jobs")) == 0))
+		rv = MER_ENOTFOUND;
+	if (rv)
+		return rv;
+	*job = json_array_get(json_object_get(*reply, "jobs"), 0);
+	cur = mer_agent_jget(*job, "state", "current", NULL);
+	if (json_is_array(cur))
+		cur = json_array_get(cur, 0);
+	*state = json_string_value(cur);
+	return 0;
+}
+
 static int slurm_status(void *inst, const char *job_id,
 			struct mer_agent_stage_status *out, char *err,
 			size_t errlen)
 {
 	struct slurm *s = inst;
 	json_t *reply = NULL, *job;
-	const char *state;
+	const char *state, *why;
 	char rest[64];
 	long st;
-	int rv;
+	int rv, from_db = 0;
 
 	memset(out, 0, sizeof(*out));
 	out->exit_code = -1;
@@ -586,14 +680,24 @@ static int slurm_status(void *inst, const char *job_id,
 	if ((rv == MER_EREMOTE && (st == 404 || says_unknown(reply))) ||
 	    (rv == 0 && json_array_size(json_object_get(reply, "jobs")) == 0))
 		rv = MER_ENOTFOUND;
+	if (rv == MER_ENOTFOUND && s->has_db) {
+		/* Purged by slurmctld: accounting still knows the end. */
+		json_decref(reply);
+		reply = NULL;
+		rv = db_job(s, job_id, &reply, &state, &job, err, errlen);
+		from_db = 1;
+	}
 	if (rv)
-		goto out;
-	job = json_array_get(json_object_get(reply, "jobs"), 0);
-	if (!(state = job_state(job))) {
+		goto out_free_reply;
+	if (!from_db) {
+		job = json_array_get(json_object_get(reply, "jobs"), 0);
+		state = job_state(job);
+	}
+	if (!state) {
 		snprintf(err, errlen, "slurm: job %s without job_state",
 			 job_id);
 		rv = MER_EPARSE;
-		goto out;
+		goto out_free_reply;
 	}
 	if (!strcmp(state, "PENDING") || !strcmp(state, "CONFIGURING") ||
 	    !strcmp(state, "REQUEUED") || !strcmp(state, "SUSPENDED")) {
@@ -611,12 +715,11 @@ static int slurm_status(void *inst, const char *job_id,
 		out->state = MER_AGENT_STAGE_FAILED;
 		out->exit_code = exit_code_of(job);
 	}
+	why = from_db ? mer_agent_jstr(job, "state", "reason", NULL)
+		      : mer_agent_jstr(job, "state_reason", NULL);
 	snprintf(out->reason, sizeof(out->reason), "%s%s%.200s", state,
-		 mer_agent_jstr(job, "state_reason", NULL) ? " " : "",
-		 mer_agent_jstr(job, "state_reason", NULL)
-		     ? mer_agent_jstr(job, "state_reason", NULL)
-		     : "");
-out:
+		 why ? " " : "", why ? why : "");
+out_free_reply:
 	json_decref(reply);
 	return rv;
 }
@@ -634,10 +737,9 @@ static int slurm_find(void *inst, const char *stage_id, char *job_id, size_t n,
 
 	snprintf(name, sizeof(name), JOB_PREFIX "%s", stage_id);
 	if ((rv = call(s, "GET", "jobs", NULL, &reply, &st, err, errlen)))
-		goto out;
+		goto out_free_reply;
 	/* The newest job carrying the name: older ones were earlier tries. */
-	json_array_foreach(json_object_get(reply, "jobs"), i, jb)
-	{
+	json_array_foreach (json_object_get(reply, "jobs"), i, jb) {
 		const char *nm = mer_agent_jstr(jb, "name", NULL);
 		double id = jnum(jb, "job_id");
 		if (nm && strcmp(nm, name) == 0 && id > best)
@@ -646,10 +748,10 @@ static int slurm_find(void *inst, const char *stage_id, char *job_id, size_t n,
 	if (best <= 0) {
 		snprintf(err, errlen, "slurm: no job named %s", name);
 		rv = MER_ENOTFOUND;
-		goto out;
+		goto out_free_reply;
 	}
 	snprintf(job_id, n, "%.0f", best);
-out:
+out_free_reply:
 	json_decref(reply);
 	return rv;
 }

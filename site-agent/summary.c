@@ -23,7 +23,28 @@
 static pthread_mutex_t walk_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t walk_sum;
 static size_t walk_count;
-#define WALK_MAX 100000
+static size_t walk_max = 100000;
+
+/* Directory sizes, walked at most once per TTL: a dataset of millions of
+ * files must not be walked for every summary. Guarded by walk_lock. */
+#define SIZE_CACHE_N 64
+static long long size_ttl_s = 600;
+static struct size_cache {
+	char path[1024];
+	uint64_t bytes;
+	int rv;
+	long long at; /* CLOCK_MONOTONIC seconds */
+} size_cache[SIZE_CACHE_N];
+static size_t size_cache_next;
+
+void mer_agent_summary_walk_limits(size_t max_entries, long long ttl_s)
+{
+	pthread_mutex_lock(&walk_lock);
+	walk_max = max_entries;
+	size_ttl_s = ttl_s;
+	memset(size_cache, 0, sizeof(size_cache));
+	pthread_mutex_unlock(&walk_lock);
+}
 
 static int walk_add(const char *p, const struct stat *sb, int type,
 		    struct FTW *f)
@@ -32,7 +53,7 @@ static int walk_add(const char *p, const struct stat *sb, int type,
 	(void)f;
 	if (type == FTW_F)
 		walk_sum += (uint64_t)sb->st_size;
-	if (++walk_count > WALK_MAX)
+	if (++walk_count > walk_max)
 		return 1;
 	return 0;
 }
@@ -57,16 +78,67 @@ int mer_agent_path_size(const char *path, uint64_t *bytes, char *err,
 	walk_count = 0;
 	rv = nftw(path, walk_add, 16, FTW_PHYS);
 	*bytes = walk_sum;
+	size_t max = walk_max;
 	pthread_mutex_unlock(&walk_lock);
 	if (rv < 0) {
 		snprintf(err, errlen, "cannot read: %s", strerror(errno));
 		return MER_EIO;
 	}
 	if (rv > 0) {
-		snprintf(err, errlen, "more than %d entries", WALK_MAX);
+		snprintf(err, errlen, "more than %zu entries", max);
 		return MER_ETOOBIG;
 	}
 	return 0;
+}
+
+static long long mono_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec;
+}
+
+/* mer_agent_path_size with the walk of a directory cached for the TTL;
+ * existence is checked (stat) on every call. */
+static int cached_size(const char *path, uint64_t *bytes, char *err,
+		       size_t errlen)
+{
+	struct stat sb;
+	long long now = mono_s();
+	struct size_cache *c = NULL;
+	int rv;
+
+	if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode))
+		return mer_agent_path_size(path, bytes, err, errlen);
+	pthread_mutex_lock(&walk_lock);
+	for (size_t i = 0; i < SIZE_CACHE_N; i++) {
+		if (size_cache[i].path[0] &&
+		    strcmp(size_cache[i].path, path) == 0 &&
+		    now - size_cache[i].at < size_ttl_s) {
+			*bytes = size_cache[i].bytes;
+			rv = size_cache[i].rv;
+			pthread_mutex_unlock(&walk_lock);
+			if (rv == MER_ETOOBIG)
+				snprintf(err, errlen, "too many entries");
+			return rv;
+		}
+	}
+	pthread_mutex_unlock(&walk_lock);
+	rv = mer_agent_path_size(path, bytes, err, errlen);
+	if (rv && rv != MER_ETOOBIG)
+		return rv;
+	pthread_mutex_lock(&walk_lock);
+	for (size_t i = 0; i < SIZE_CACHE_N && !c; i++)
+		if (strcmp(size_cache[i].path, path) == 0)
+			c = &size_cache[i];
+	if (!c)
+		c = &size_cache[size_cache_next++ % SIZE_CACHE_N];
+	snprintf(c->path, sizeof(c->path), "%s", path);
+	c->bytes = *bytes;
+	c->rv = rv;
+	c->at = now;
+	pthread_mutex_unlock(&walk_lock);
+	return rv;
 }
 
 static json_t *strlist_json(const struct mer_strlist *l)
@@ -132,7 +204,7 @@ static int add_pools(const struct mer_agent_cfg *cfg,
 	int rv = MER_ENOMEM;
 
 	if (!pools || !unpriced)
-		goto out;
+		goto out_free_pools;
 	/* The site fraction is the largest fraction of a shared pool. */
 	for (size_t i = 0; cap && i < cap->npools; i++) {
 		int shared;
@@ -160,9 +232,9 @@ static int add_pools(const struct mer_agent_cfg *cfg,
 			       res, "est_wait_s",
 			       p->est_wait_s < 0 ? 0.0 : p->est_wait_s);
 		if (!pj || json_array_append_new(pools, pj))
-			goto out;
+			goto out_free_pools;
 		if (fab && json_object_set(pj, "fabric", (json_t *)fab))
-			goto out;
+			goto out_free_pools;
 		for (size_t k = 0; k < p->nres; k++) {
 			const struct mer_agent_res *r = &p->res[k];
 			json_t *rj;
@@ -173,13 +245,13 @@ static int add_pools(const struct mer_agent_cfg *cfg,
 				if (json_array_append_new(
 					unpriced, json_sprintf("%s/%s", p->name,
 							       r->kind)))
-					goto out;
+					goto out_free_pools;
 				continue;
 			}
 			rj = res_json(r, f, site_frac,
 				      used_of(in->fed_used, p->name, r->kind));
 			if (!rj || json_object_set_new(res, r->kind, rj))
-				goto out;
+				goto out_free_pools;
 		}
 	}
 	if (json_array_size(pools) == 0) {
@@ -195,20 +267,20 @@ static int add_pools(const struct mer_agent_cfg *cfg,
 		if (json_array_append_new(
 			pools,
 			json_pack("{s:s, s:{}}", "name", name, "resources")))
-			goto out;
+			goto out_free_pools;
 	}
 	if (json_object_set_new(site, "shared_fraction",
 				json_real(site_frac)) ||
 	    json_object_set(site, "pools", pools))
-		goto out;
+		goto out_free_pools;
 	if (json_array_size(unpriced) &&
 	    json_object_set(status, "unpriced_gpus", unpriced))
-		goto out;
+		goto out_free_pools;
 	if (json_array_size(unpriced))
 		mer_warn("gpus without a price are not offered", "site=%s",
 			 cfg->name);
 	rv = 0;
-out:
+out_free_pools:
 	json_decref(pools);
 	json_decref(unpriced);
 	return rv;
@@ -218,14 +290,14 @@ static int add_datasets(const struct mer_agent_cfg *cfg, json_t *site,
 			json_t *status)
 {
 	json_t *ds = json_array(), *missing = json_array();
+	json_t *unverified = json_array();
 	size_t i;
 	json_t *e;
 	int rv = MER_ENOMEM;
 
-	if (!ds || !missing)
-		goto out;
-	json_array_foreach(cfg->datasets, i, e)
-	{
+	if (!ds || !missing || !unverified)
+		goto out_free_lists;
+	json_array_foreach (cfg->datasets, i, e) {
 		const char *name =
 		    json_string_value(json_object_get(e, "name"));
 		const char *path =
@@ -238,8 +310,20 @@ static int add_datasets(const struct mer_agent_cfg *cfg, json_t *site,
 		if (path[0] == '/') {
 			uint64_t sz = 0;
 			char why[256] = "";
-			int r =
-			    mer_agent_path_size(path, &sz, why, sizeof(why));
+			int r = cached_size(path, &sz, why, sizeof(why));
+			if (r == MER_ETOOBIG) {
+				/* There, but too big to count: the configured
+				 * size stands, and status says so. */
+				if (json_array_append_new(
+					unverified,
+					json_pack("{s:s, s:s, s:s}", "name",
+						  name, "path", path, "reason",
+						  "size not verified: too many "
+						  "entries")))
+					goto out_free_lists;
+				sz = (uint64_t)bytes;
+				r = 0;
+			}
 			if (r) {
 				/* Never reported as present: the broker
 				 * would send work to data that is not here. */
@@ -248,7 +332,7 @@ static int add_datasets(const struct mer_agent_cfg *cfg, json_t *site,
 					json_pack("{s:s, s:s, s:s}", "name",
 						  name, "path", path, "reason",
 						  why)))
-					goto out;
+					goto out_free_lists;
 				mer_warn("dataset missing",
 					 "site=%s dataset=%s path=%s reason=%s",
 					 cfg->name, name, path, why);
@@ -259,17 +343,21 @@ static int add_datasets(const struct mer_agent_cfg *cfg, json_t *site,
 		d = json_pack("{s:s, s:I, s:s}", "name", name, "bytes",
 			      (json_int_t)bytes, "path", path);
 		if (!d || json_array_append_new(ds, d))
-			goto out;
+			goto out_free_lists;
 		if (tags && json_object_set(d, "tags", tags))
-			goto out;
+			goto out_free_lists;
 	}
 	if (json_object_set(site, "datasets", ds) ||
 	    json_object_set(status, "datasets_missing", missing))
-		goto out;
+		goto out_free_lists;
+	if (json_array_size(unverified) &&
+	    json_object_set(status, "datasets_unverified", unverified))
+		goto out_free_lists;
 	rv = 0;
-out:
+out_free_lists:
 	json_decref(ds);
 	json_decref(missing);
+	json_decref(unverified);
 	return rv;
 }
 
@@ -295,26 +383,26 @@ int mer_agent_summary_build(const struct mer_agent_cfg *cfg,
 			   "core_hour", cfg->core_hour, "memory_gb_hour",
 			   cfg->memory_gb_hour, "egress_gb", cfg->egress_gb);
 	if (!site || !status || !prices)
-		goto out;
+		goto out_free_parts;
 	if (json_object_set_new(site, "fabric", strlist_json(&cfg->fabric)) ||
 	    json_object_set_new(site, "storage", strlist_json(&cfg->storage)) ||
 	    json_object_set(site, "prices", prices) ||
 	    json_object_set_new(site, "wan_gbps", json_real(cfg->wan_gbps)))
-		goto out;
+		goto out_free_parts;
 	if (in->fingerprint && *in->fingerprint &&
 	    json_object_set_new(site, "agent_fingerprint",
 				json_string(in->fingerprint)))
-		goto out;
+		goto out_free_parts;
 	if ((rv = add_pools(cfg, in, site, status)) ||
 	    (rv = add_datasets(cfg, site, status)))
-		goto out;
+		goto out_free_parts;
 	rv = MER_ENOMEM;
 	root = json_pack("{s:O, s:O}", "site", site, "status", status);
 	if (!root)
-		goto out;
+		goto out_free_parts;
 	*out = root;
 	rv = 0;
-out:
+out_free_parts:
 	json_decref(site);
 	json_decref(status);
 	json_decref(prices);

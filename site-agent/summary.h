@@ -8,6 +8,7 @@
 #ifndef MERIDIAN_AGENT_SUMMARY_H
 #define MERIDIAN_AGENT_SUMMARY_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include <jansson.h>
@@ -31,8 +32,11 @@ struct mer_agent_summary_in {
 
 /*
  * Builds {"site": {...}, "status": {...}} (new reference in *out).
- * Posix dataset paths are checked here (existence and size; directories
- * are summed, at most 100000 entries deep). MER_ENOMEM only.
+ * Posix dataset paths are checked here: existence on every call, the size
+ * of a directory (the sum of its files) walked at most every 10 minutes.
+ * A directory of more than 100000 entries is reported present with its
+ * configured bytes and listed in status.datasets_unverified ("size not
+ * verified"). MER_ENOMEM only.
  */
 int mer_agent_summary_build(const struct mer_agent_cfg *cfg,
 			    const struct mer_agent_summary_in *in,
@@ -42,5 +46,9 @@ int mer_agent_summary_build(const struct mer_agent_cfg *cfg,
  * MER_ENOTFOUND when it does not exist, MER_EIO when unreadable. */
 int mer_agent_path_size(const char *path, uint64_t *bytes, char *err,
 			size_t errlen);
+
+/* For tests: the walk's entry limit and the size cache's TTL (seconds);
+ * clears the cache. */
+void mer_agent_summary_walk_limits(size_t max_entries, long long ttl_s);
 
 #endif

@@ -2,9 +2,9 @@
  * The YARN adapter, through the ResourceManager REST API: capacity from
  * /ws/v1/cluster/metrics, /nodes and /scheduler (leaf queues of the
  * Capacity Scheduler are the pools; GPUs are the yarn.io/gpu resource),
- * stages as applications (new-application, then apps), state from the app,
- * kill by setting its state. Simple auth only (user.name); Kerberos/SPNEGO
- * is not supported.
+ * stages as YARN services (/app/v1/services: one component of `replicas`
+ * containers, restart policy NEVER), stopped with state STOPPED. Simple
+ * auth only (user.name); Kerberos/SPNEGO is not supported.
  */
 #include <ctype.h>
 #include <stdio.h>
@@ -19,7 +19,6 @@
 #include "site-agent/kutil.h"
 
 #define GPU_RES "yarn.io/gpu"
-#define APP_TYPE "MERIDIAN"
 
 struct yarn {
 	const struct mer_agent_cfg *cfg;
@@ -80,10 +79,9 @@ static double res_gpus(const json_t *ri)
 	size_t i;
 	json_t *e;
 
-	json_array_foreach(mer_agent_jget(ri, "resourceInformations",
-					  "resourceInformation", NULL),
-			   i, e)
-	{
+	json_array_foreach (mer_agent_jget(ri, "resourceInformations",
+					   "resourceInformation", NULL),
+			    i, e) {
 		const char *n = mer_agent_jstr(e, "name", NULL);
 		if (n && strcmp(n, GPU_RES) == 0)
 			return json_number_value(json_object_get(e, "value"));
@@ -99,10 +97,8 @@ static void gpu_kind(struct yarn *y, const json_t *nodes, char *out, size_t n)
 	json_t *nd, *l;
 	char model[64];
 
-	json_array_foreach(nodes, i, nd)
-	{
-		json_array_foreach(json_object_get(nd, "nodeLabels"), j, l)
-		{
+	json_array_foreach (nodes, i, nd) {
+		json_array_foreach (json_object_get(nd, "nodeLabels"), j, l) {
 			const char *s = json_string_value(l);
 			if (!s)
 				continue;
@@ -116,8 +112,7 @@ static void gpu_kind(struct yarn *y, const json_t *nodes, char *out, size_t n)
 	if (json_object_size(y->cfg->gpu_hour) == 1) {
 		const char *key;
 		json_t *v;
-		json_object_foreach(y->cfg->gpu_hour, key, v)
-		{
+		json_object_foreach (y->cfg->gpu_hour, key, v) {
 			snprintf(out, n, "gpu:%s", key);
 			return;
 		}
@@ -142,8 +137,7 @@ static int add_queues(const json_t *q, const struct totals *t,
 	if (depth > 32)
 		return MER_ETOOBIG;
 	if (json_array_size(kids) > 0) {
-		json_array_foreach(kids, i, e)
-		{
+		json_array_foreach (kids, i, e) {
 			int rv = add_queues(e, t, gkind, cap, depth + 1);
 			if (rv)
 				return rv;
@@ -160,10 +154,9 @@ static int add_queues(const json_t *q, const struct totals *t,
 
 	if (!name || !(p = mer_agent_cap_pool(cap, name)))
 		return 0;
-	json_array_foreach(
+	json_array_foreach (
 	    mer_agent_jget(q, "resources", "resourceUsagesByPartition", NULL),
-	    i, e)
-	{
+	    i, e) {
 		const json_t *pd = json_object_get(e, "pending");
 		pend_cpu += json_number_value(json_object_get(pd, "vCores"));
 		pend_mem += json_number_value(json_object_get(pd, "memory"));
@@ -219,7 +212,7 @@ static int yarn_probe(void *inst, struct mer_agent_capacity *cap, char *err,
 		      errlen)) ||
 	    (rv = get(y, "/ws/v1/cluster/scheduler", NULL, &sched, &st, err,
 		      errlen)))
-		goto out;
+		goto out_free_replies;
 	rv = MER_EPARSE;
 	snprintf(
 	    cap->version, sizeof(cap->version), "%s",
@@ -229,18 +222,17 @@ static int yarn_probe(void *inst, struct mer_agent_capacity *cap, char *err,
 		: "");
 	if (!json_is_object(json_object_get(metrics, "clusterMetrics"))) {
 		snprintf(err, errlen, "yarn: metrics without clusterMetrics");
-		goto out;
+		goto out_free_replies;
 	}
 	/* "nodes": null when the cluster has none. */
 	nl = mer_agent_jget(nodes, "nodes", "node", NULL);
 	if (!json_is_object(json_object_get(nodes, "nodes")) &&
 	    !json_is_null(json_object_get(nodes, "nodes"))) {
 		snprintf(err, errlen, "yarn: nodes reply without nodes");
-		goto out;
+		goto out_free_replies;
 	}
 	gpu_kind(y, nl, gkind, sizeof(gkind));
-	json_array_foreach(nl, i, nd)
-	{
+	json_array_foreach (nl, i, nd) {
 		const char *state = mer_agent_jstr(nd, "state", NULL);
 		const json_t *tr = json_object_get(nd, "totalResource");
 		double c, m, g;
@@ -273,7 +265,7 @@ static int yarn_probe(void *inst, struct mer_agent_capacity *cap, char *err,
 		snprintf(err, errlen,
 			 "yarn: scheduler reply without "
 			 "schedulerInfo");
-		goto out;
+		goto out_free_replies;
 	}
 	qs = mer_agent_jget(si, "queues", "queue", NULL);
 	if (json_array_size(qs) > 0) {
@@ -281,7 +273,7 @@ static int yarn_probe(void *inst, struct mer_agent_capacity *cap, char *err,
 			snprintf(err, errlen,
 				 "yarn: queue tree too deep or "
 				 "too wide");
-			goto out;
+			goto out_free_replies;
 		}
 	} else {
 		/* Fair or FIFO scheduler: one pool for the cluster. */
@@ -305,7 +297,7 @@ static int yarn_probe(void *inst, struct mer_agent_capacity *cap, char *err,
 			    json_object_get(cm, "appsPending"));
 	}
 	rv = 0;
-out:
+out_free_replies:
 	json_decref(info);
 	json_decref(metrics);
 	json_decref(nodes);
@@ -313,22 +305,38 @@ out:
 	return rv;
 }
 
-static void stage_tag(const char *stage_id, char *out, size_t n)
+/* The service name for a stage: a DNS label YARN accepts, the same on
+ * every call so that find can ask for it after a restart. */
+static void svc_name(const char *stage_id, char *out, size_t n)
 {
-	char name[64];
-
-	/* YARN lower-cases tags; the job name is lower case already. */
-	mer_agent_job_name(stage_id, name, sizeof(name));
-	snprintf(out, n, "meridian-stage-%s", name);
+	mer_agent_job_name(stage_id, out, n);
 }
 
+static int svc_path(struct yarn *y, const char *name, char *out, size_t n)
+{
+	for (const char *p = name; *p; p++)
+		if (!islower((unsigned char)*p) &&
+		    !isdigit((unsigned char)*p) && *p != '-')
+			return MER_EINVAL;
+	snprintf(out, n, "/app/v1/services%s%s%s%s", *name ? "/" : "", name,
+		 y->user_q[0] ? "?" : "", y->user_q);
+	return 0;
+}
+
+/*
+ * A stage is a YARN service (the Services API of Hadoop >= 3.1, which must
+ * be enabled: yarn.webapp.api-service.enable) with one component of
+ * `replicas` containers running the command, restart_policy NEVER, so the
+ * service's own AM registers with the RM and ends the app once every
+ * container has exited. A bare RM app would run the command as an AM that
+ * never registers, which the RM fails or expires.
+ */
 static int yarn_submit(void *inst, const struct mer_agent_stage *st,
 		       char *job_id, size_t n, char *err, size_t errlen)
 {
 	struct yarn *y = inst;
-	json_t *app = NULL, *body = NULL, *reply = NULL, *res;
-	const char *id;
-	char path[256], tag[100], appname[200];
+	json_t *body = NULL, *reply = NULL, *comp, *res;
+	char name[64], path[256], mem[32];
 	long status;
 	int rv;
 
@@ -336,59 +344,61 @@ static int yarn_submit(void *inst, const struct mer_agent_stage *st,
 		snprintf(err, errlen, "yarn: a stage needs a command");
 		return MER_EINVAL;
 	}
-	snprintf(path, sizeof(path), "/ws/v1/cluster/apps/new-application%s%s",
-		 y->user_q[0] ? "?" : "", y->user_q);
-	if ((rv = mer_agent_http_do(&y->http, "POST", path, NULL, NULL, &status,
-				    &app, err, errlen)))
-		goto out;
-	id = mer_agent_jstr(app, "application-id", NULL);
-	if (!id || !*id || strlen(id) >= n || strchr(id, '/')) {
+	if (st->gang && st->replicas > 1) {
+		/* YARN allocates a service's containers one by one. */
 		snprintf(err, errlen,
-			 "yarn: new-application gave no "
-			 "application-id");
-		rv = MER_EPARSE;
-		goto out;
+			 "yarn: gang stages are not supported (YARN has no "
+			 "all-or-nothing allocation)");
+		return MER_EUNSUPPORTED;
 	}
-	stage_tag(st->id, tag, sizeof(tag));
-	snprintf(appname, sizeof(appname), "meridian:%s", st->id);
+	svc_name(st->id, name, sizeof(name));
+	if (strlen(name) >= n) {
+		snprintf(err, errlen, "yarn: job id buffer too small");
+		return MER_EINVAL;
+	}
 	rv = MER_ENOMEM;
-	res = json_pack("{s:I, s:I}", "memory",
-			(json_int_t)(st->memory_mb > 0 ? st->memory_mb : 1024),
-			"vCores", (json_int_t)(st->cpus > 0 ? st->cpus : 1));
+	snprintf(mem, sizeof(mem), "%lld",
+		 (long long)(st->memory_mb > 0 ? st->memory_mb : 1024));
+	res =
+	    json_pack("{s:I, s:s}", "cpus",
+		      (json_int_t)(st->cpus > 0 ? st->cpus : 1), "memory", mem);
 	if (res && st->gpus > 0)
+		json_object_set_new(res, "additional",
+				    json_pack("{s:{s:I, s:s}}", GPU_RES,
+					      "value", (json_int_t)st->gpus,
+					      "unit", ""));
+	comp = json_pack("{s:s, s:I, s:s, s:s, s:o, s:{s:{s:s}}}", "name",
+			 "stage", "number_of_containers",
+			 (json_int_t)(st->replicas > 0 ? st->replicas : 1),
+			 "launch_command", st->command, "restart_policy",
+			 "NEVER", "resource", res, "configuration", "env",
+			 "MERIDIAN_STAGE_ID", st->id);
+	if (comp && st->image && *st->image)
 		json_object_set_new(
-		    res, "resourceInformations",
-		    json_pack("{s:[{s:s, s:I, s:s}]}", "resourceInformation",
-			      "name", GPU_RES, "value", (json_int_t)st->gpus,
-			      "units", ""));
+		    comp, "artifact",
+		    json_pack("{s:s, s:s}", "id", st->image, "type", "DOCKER"));
 	body = json_pack(
-	    "{s:s, s:s, s:s, s:{s:{s:s}}, s:b, s:i, s:o, s:s, s:b, "
-	    "s:{s:[s]}}",
-	    "application-id", id, "application-name", appname, "queue",
+	    "{s:s, s:s, s:s, s:I, s:[o]}", "name", name, "version", "1",
+	    "queue",
 	    st->pool[0]
 		? st->pool
 		: (y->cfg->queue && *y->cfg->queue ? y->cfg->queue : "default"),
-	    "am-container-spec", "commands", "command", st->command,
-	    "unmanaged-AM", 0, "max-app-attempts", 1, "resource", res,
-	    "application-type", APP_TYPE,
-	    "keep-containers-across-application-attempts", 0,
-	    "application-tags", "tag", tag);
+	    "lifetime",
+	    (json_int_t)(st->time_limit_s > 0 ? st->time_limit_s : -1),
+	    "components", comp);
 	if (!body)
-		goto out;
-	if (st->time_limit_s > 0)
-		json_object_set_new(body, "application-timeouts",
-				    json_pack("{s:[{s:s, s:I}]}", "timeout",
-					      "type", "LIFETIME",
-					      "remainingTimeInSeconds",
-					      (json_int_t)st->time_limit_s));
-	snprintf(path, sizeof(path), "/ws/v1/cluster/apps%s%s",
-		 y->user_q[0] ? "?" : "", y->user_q);
-	if ((rv = mer_agent_http_do(&y->http, "POST", path, body, NULL, &status,
-				    &reply, err, errlen)))
-		goto out;
-	snprintf(job_id, n, "%s", id);
-out:
-	json_decref(app);
+		goto out_free_body;
+	svc_path(y, "", path, sizeof(path));
+	rv = mer_agent_http_do(&y->http, "POST", path, body, NULL, &status,
+			       &reply, err, errlen);
+	if (rv == MER_EREMOTE && (status == 409 || status == 400) &&
+	    mer_agent_jstr(reply, "diagnostics", NULL) &&
+	    strstr(mer_agent_jstr(reply, "diagnostics", NULL), "already"))
+		rv = MER_EEXIST;
+	if (rv)
+		goto out_free_body;
+	snprintf(job_id, n, "%s", name);
+out_free_body:
 	json_decref(body);
 	json_decref(reply);
 	return rv;
@@ -409,56 +419,145 @@ static int diag_exit_code(const char *d)
 	return (int)v;
 }
 
+/* "application_<cluster timestamp>_<sequence>", digits only. */
+static int app_id_ok(const char *id)
+{
+	const char *p;
+	int parts = 0;
+
+	if (!id || strncmp(id, "application_", 12) != 0)
+		return 0;
+	for (p = id + 12; *p; parts++) {
+		if (!isdigit((unsigned char)*p))
+			return 0;
+		while (isdigit((unsigned char)*p))
+			p++;
+		if (*p == '_')
+			p++;
+		else if (*p)
+			return 0;
+	}
+	return parts == 2 && p[-1] != '_';
+}
+
+/* A finished service's outcome from its RM app (the Services API reports
+ * STOPPED for both a success and a stop). 0 when the app told us. */
+static int app_outcome(struct yarn *y, const char *app_id,
+		       struct mer_agent_stage_status *out)
+{
+	json_t *reply = NULL;
+	const char *final, *diag;
+	char path[128], err[128];
+	long st;
+	int rv = MER_ENOTFOUND;
+
+	if (!app_id_ok(app_id))
+		return MER_ENOTFOUND;
+	snprintf(path, sizeof(path), "/ws/v1/cluster/apps/%s", app_id);
+	if (get(y, path, NULL, &reply, &st, err, sizeof(err)))
+		goto out_free_reply;
+	final = mer_agent_jstr(reply, "app", "finalStatus", NULL);
+	diag = mer_agent_jstr(reply, "app", "diagnostics", NULL);
+	if (!final || !strcmp(final, "UNDEFINED"))
+		goto out_free_reply;
+	rv = 0;
+	if (!strcmp(final, "SUCCEEDED")) {
+		out->state = MER_AGENT_STAGE_SUCCEEDED;
+		out->exit_code = 0;
+	} else if (!strcmp(final, "KILLED") || !strcmp(final, "ENDED")) {
+		out->state = MER_AGENT_STAGE_CANCELLED;
+	} else {
+		out->state = MER_AGENT_STAGE_FAILED;
+		out->exit_code = diag_exit_code(diag);
+	}
+	if (diag && *diag && out->state != MER_AGENT_STAGE_SUCCEEDED)
+		snprintf(out->reason, sizeof(out->reason), "%.250s", diag);
+out_free_reply:
+	json_decref(reply);
+	return rv;
+}
+
+/* Any container past INIT: the stage runs. */
+static int any_container_started(const json_t *svc)
+{
+	size_t i, j;
+	json_t *c, *k;
+
+	json_array_foreach (json_object_get(svc, "components"), i, c) {
+		json_array_foreach (json_object_get(c, "containers"), j, k) {
+			const char *s = mer_agent_jstr(k, "state", NULL);
+			if (s && strcmp(s, "INIT") != 0)
+				return 1;
+		}
+	}
+	return 0;
+}
+
+static int get_service(struct yarn *y, const char *name, json_t **svc,
+		       char *err, size_t errlen)
+{
+	char path[256];
+	long st = 0;
+	int rv;
+
+	*svc = NULL;
+	if (svc_path(y, name, path, sizeof(path)))
+		return MER_EINVAL;
+	rv = mer_agent_http_do(&y->http, "GET", path, NULL, NULL, &st, svc, err,
+			       errlen);
+	if (rv == MER_EREMOTE && st == 404)
+		rv = MER_ENOTFOUND;
+	if (rv) {
+		json_decref(*svc);
+		*svc = NULL;
+	}
+	return rv;
+}
+
 static int yarn_status(void *inst, const char *job_id,
 		       struct mer_agent_stage_status *out, char *err,
 		       size_t errlen)
 {
 	struct yarn *y = inst;
-	json_t *reply = NULL;
-	const char *state, *final, *diag;
-	char path[256];
-	long st;
+	json_t *svc = NULL;
+	const char *state, *diag;
 	int rv;
 
 	memset(out, 0, sizeof(*out));
 	out->exit_code = -1;
-	if (strchr(job_id, '/') || strchr(job_id, '?'))
-		return MER_EINVAL;
-	snprintf(path, sizeof(path), "/ws/v1/cluster/apps/%s", job_id);
-	rv = get(y, path, NULL, &reply, &st, err, errlen);
-	if (rv == MER_EREMOTE && st == 404)
-		rv = MER_ENOTFOUND;
-	if (rv)
-		goto out;
-	state = mer_agent_jstr(reply, "app", "state", NULL);
-	final = mer_agent_jstr(reply, "app", "finalStatus", NULL);
-	diag = mer_agent_jstr(reply, "app", "diagnostics", NULL);
+	if ((rv = get_service(y, job_id, &svc, err, errlen)))
+		goto out_free_svc;
+	state = mer_agent_jstr(svc, "state", NULL);
+	diag = mer_agent_jstr(svc, "diagnostics", NULL);
 	if (!state) {
-		snprintf(err, errlen, "yarn: app %s without a state", job_id);
+		snprintf(err, errlen, "yarn: service %s without a state",
+			 job_id);
 		rv = MER_EPARSE;
-		goto out;
+		goto out_free_svc;
 	}
-	if (!strcmp(state, "RUNNING")) {
-		out->state = MER_AGENT_STAGE_RUNNING;
-	} else if (!strcmp(state, "FINISHED")) {
-		int ok = final && !strcmp(final, "SUCCEEDED");
-		out->state = ok ? MER_AGENT_STAGE_SUCCEEDED
-				: (final && !strcmp(final, "KILLED")
-				       ? MER_AGENT_STAGE_CANCELLED
-				       : MER_AGENT_STAGE_FAILED);
-		out->exit_code = ok ? 0 : diag_exit_code(diag);
-	} else if (!strcmp(state, "FAILED")) {
-		out->state = MER_AGENT_STAGE_FAILED;
-		out->exit_code = diag_exit_code(diag);
-	} else if (!strcmp(state, "KILLED")) {
-		out->state = MER_AGENT_STAGE_CANCELLED;
-	} else {
+	if (!strcmp(state, "ACCEPTED")) {
 		out->state = MER_AGENT_STAGE_PENDING;
+	} else if (!strcmp(state, "SUCCEEDED")) {
+		out->state = MER_AGENT_STAGE_SUCCEEDED;
+		out->exit_code = 0;
+	} else if (!strcmp(state, "STOPPED") || !strcmp(state, "FAILED")) {
+		if (app_outcome(y, mer_agent_jstr(svc, "id", NULL), out)) {
+			/* RM forgot the app: the service state is all. */
+			out->state = !strcmp(state, "FAILED")
+					 ? MER_AGENT_STAGE_FAILED
+					 : MER_AGENT_STAGE_CANCELLED;
+		}
+	} else {
+		/* STARTED, STABLE, FLEX, UPGRADING...: the AM is up. */
+		out->state = any_container_started(svc)
+				 ? MER_AGENT_STAGE_RUNNING
+				 : MER_AGENT_STAGE_PENDING;
 	}
-	if (diag && out->state != MER_AGENT_STAGE_SUCCEEDED)
+	if (!out->reason[0] && diag && *diag &&
+	    out->state != MER_AGENT_STAGE_SUCCEEDED)
 		snprintf(out->reason, sizeof(out->reason), "%.250s", diag);
-out:
-	json_decref(reply);
+out_free_svc:
+	json_decref(svc);
 	return rv;
 }
 
@@ -466,54 +565,55 @@ static int yarn_find(void *inst, const char *stage_id, char *job_id, size_t n,
 		     char *err, size_t errlen)
 {
 	struct yarn *y = inst;
-	json_t *reply = NULL, *a;
-	char tag[100], q[256], appname[200];
-	long st;
+	json_t *svc = NULL, *c;
+	char name[64];
 	size_t i;
 	int rv;
 
-	stage_tag(stage_id, tag, sizeof(tag));
-	snprintf(appname, sizeof(appname), "meridian:%s", stage_id);
-	snprintf(q, sizeof(q),
-		 "applicationTypes=" APP_TYPE "&applicationTags=%s", tag);
-	if ((rv = get(y, "/ws/v1/cluster/apps", q, &reply, &st, err, errlen)))
-		goto out;
-	rv = MER_ENOTFOUND;
-	/* The tag is a hash-bearing name; the full name settles it. The
-	 * newest app wins (ids grow with submission order). */
-	json_array_foreach(mer_agent_jget(reply, "apps", "app", NULL), i, a)
-	{
-		const char *nm = mer_agent_jstr(a, "name", NULL);
-		const char *id = mer_agent_jstr(a, "id", NULL);
-		if (nm && id && !strcmp(nm, appname) && strlen(id) < n &&
-		    (rv || strcmp(id, job_id) > 0)) {
-			snprintf(job_id, n, "%s", id);
-			rv = 0;
+	svc_name(stage_id, name, sizeof(name));
+	if ((rv = get_service(y, name, &svc, err, errlen)))
+		goto out_free_svc;
+	/* The name carries a hash of the stage id; the env settles it. */
+	json_array_foreach (json_object_get(svc, "components"), i, c) {
+		const char *sid = mer_agent_jstr(c, "configuration", "env",
+						 "MERIDIAN_STAGE_ID", NULL);
+		if (sid && strcmp(sid, stage_id) != 0) {
+			snprintf(err, errlen,
+				 "yarn: service %s belongs to stage %s", name,
+				 sid);
+			rv = MER_EEXIST;
+			goto out_free_svc;
 		}
 	}
-	if (rv)
-		snprintf(err, errlen, "yarn: no app for stage %s", stage_id);
-out:
-	json_decref(reply);
+	if (strlen(name) >= n) {
+		rv = MER_EINVAL;
+		goto out_free_svc;
+	}
+	snprintf(job_id, n, "%s", name);
+out_free_svc:
+	if (rv == MER_ENOTFOUND)
+		snprintf(err, errlen, "yarn: no service for stage %s",
+			 stage_id);
+	json_decref(svc);
 	return rv;
 }
 
+/* Stops the service (its AM ends the app, or the RM kills an app whose AM
+ * is not up yet). The stopped service stays registered until destroyed. */
 static int yarn_cancel(void *inst, const char *job_id, char *err, size_t errlen)
 {
 	struct yarn *y = inst;
-	json_t *body = json_pack("{s:s}", "state", "KILLED"), *reply = NULL;
+	json_t *body = json_pack("{s:s}", "state", "STOPPED"), *reply = NULL;
 	char path[256];
-	long st;
+	long st = 0;
 	int rv;
 
 	if (!body)
 		return MER_ENOMEM;
-	if (strchr(job_id, '/') || strchr(job_id, '?')) {
+	if (svc_path(y, job_id, path, sizeof(path))) {
 		json_decref(body);
 		return MER_EINVAL;
 	}
-	snprintf(path, sizeof(path), "/ws/v1/cluster/apps/%s/state%s%s", job_id,
-		 y->user_q[0] ? "?" : "", y->user_q);
 	rv = mer_agent_http_do(&y->http, "PUT", path, body, NULL, &st, &reply,
 			       err, errlen);
 	if (rv == MER_EREMOTE && st == 404)

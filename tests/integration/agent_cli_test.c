@@ -269,10 +269,10 @@ static void test_join_and_run(void)
 	ops.join = b_join;
 	ops.report = b_report;
 	T_OK(mer_link_server_start(&so, &ops, &srv));
-	snprintf(extra, sizeof(extra),
-		 ", \"broker\": \"%s\", \"broker_key\": \"%s\"",
-		 mer_link_server_url(srv), fp);
-	sim_config(dir, extra, cfg, sizeof(cfg));
+	/* no agent.broker / broker_key: run takes them from what join
+	 * saved */
+	(void)extra;
+	sim_config(dir, NULL, cfg, sizeof(cfg));
 
 	/* a wrong token is refused with a reason */
 	snprintf(cmd, sizeof(cmd),
@@ -296,6 +296,21 @@ static void test_join_and_run(void)
 	snprintf(log, sizeof(log), "%s/site.key", dir);
 	T_ASSERT(stat(log, &sb) == 0);
 	T_EQ_INT(sb.st_mode & 0777, 0600);
+	snprintf(log, sizeof(log), "%s/site.key.joined", dir);
+	T_ASSERT(stat(log, &sb) == 0);
+	T_EQ_INT(sb.st_mode & 0777, 0600);
+	json_t *jd = json_load_file(log, 0, NULL);
+	T_EQ_STR(json_string_value(json_object_get(jd, "broker")),
+		 mer_link_server_url(srv));
+	T_EQ_STR(json_string_value(json_object_get(jd, "broker_key")), fp);
+	T_EQ_STR(json_string_value(json_object_get(jd, "site")), "cli-site");
+	json_decref(jd);
+	/* joining again with the key in place: refused, saying how to
+	 * rotate */
+	T_OK(run(cmd, &out, &st));
+	T_EQ_INT(st, 1);
+	T_CONTAINS(out, "--rotate-key");
+	free(out);
 
 	/* run: the summary arrives; SIGTERM stops it with exit 0 */
 	snprintf(log, sizeof(log), "%s/agent.log", dir);

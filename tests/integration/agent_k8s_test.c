@@ -341,8 +341,7 @@ static json_t *received(const char *method, const char *part)
 	size_t i;
 
 	pthread_mutex_lock(&fx.lock);
-	json_array_foreach(fx.received, i, r)
-	{
+	json_array_foreach (fx.received, i, r) {
 		if (!strcmp(json_string_value(json_object_get(r, "method")),
 			    method) &&
 		    strstr(json_string_value(json_object_get(r, "path")), part))
@@ -580,6 +579,60 @@ out:
 	env_down(&e);
 }
 
+/* Review finding 3: a submit before any probe (a reconcile after restart)
+ * must still carry the selectors; an unknown pool or model is refused
+ * rather than run anywhere. */
+static void test_selectors_without_probe(void)
+{
+	struct env e;
+	void *inst = NULL;
+	struct mer_agent_stage st = {0};
+	char err[512] = "", job[128];
+
+	if (env_up(&e, 0)) {
+		t_fail(__FILE__, __LINE__, "fixture server did not start");
+		env_down(&e);
+		return;
+	}
+	T_OK(mer_agent_k8s_ops.open(&e.cfg, &inst, err, sizeof(err)));
+	snprintf(st.id, sizeof(st.id), "job-43/train#1");
+	snprintf(st.pool, sizeof(st.pool), "gpu");
+	snprintf(st.gpu_model, sizeof(st.gpu_model), "a100");
+	st.command = strdup("python train.py");
+	st.gpus = 1;
+	T_OK(mer_agent_k8s_ops.submit(inst, &st, job, sizeof(job), err,
+				      sizeof(err)));
+	json_t *rec = received("POST", "/apis/batch/v1/namespaces/meridian/"
+				       "jobs");
+	T_ASSERT(rec != NULL);
+	json_t *b = body_of(rec);
+	json_decref(rec);
+	json_t *sel =
+	    mer_agent_jget(b, "spec", "template", "spec", "nodeSelector", NULL);
+	T_EQ_STR(json_string_value(
+		     json_object_get(sel, "cloud.google.com/gke-nodepool")),
+		 "gpu");
+	T_EQ_STR(
+	    json_string_value(json_object_get(sel, "nvidia.com/gpu.product")),
+	    "NVIDIA-A100-SXM4-80GB");
+	json_decref(b);
+	snprintf(st.id, sizeof(st.id), "job-43/other");
+	snprintf(st.gpu_model, sizeof(st.gpu_model), "mi300");
+	T_EQ_INT(mer_agent_k8s_ops.submit(inst, &st, job, sizeof(job), err,
+					  sizeof(err)),
+		 MER_ENOTFOUND);
+	T_CONTAINS(err, "mi300");
+	snprintf(st.gpu_model, sizeof(st.gpu_model), "a100");
+	snprintf(st.pool, sizeof(st.pool), "nopool");
+	T_EQ_INT(mer_agent_k8s_ops.submit(inst, &st, job, sizeof(job), err,
+					  sizeof(err)),
+		 MER_ENOTFOUND);
+	T_CONTAINS(err, "nopool");
+	mer_agent_k8s_ops.close(inst);
+	mer_agent_stage_clear(&st);
+	env_down(&e);
+}
+
 static void test_volcano_gang(void)
 {
 	struct env e;
@@ -743,6 +796,7 @@ static const struct t_case cases[] = {
     {"summary_valid_for_fed", test_summary_valid_for_fed},
     {"batch_job", test_batch_job},
     {"volcano_gang", test_volcano_gang},
+    {"selectors_without_probe", test_selectors_without_probe},
     {"bad_token", test_bad_token},
     {"unreachable", test_unreachable},
 };

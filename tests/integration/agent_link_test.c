@@ -36,6 +36,8 @@ struct site {
 	int valid;
 	int started_ev, finished_ev, other_ev;
 	int results_launched, results_already;
+	char job_id[64]; /* of the finished event */
+	char stage_id[64];
 };
 
 static struct {
@@ -104,23 +106,26 @@ static int on_report(void *arg, const char *name, json_t *r)
 		return 0;
 	}
 	pthread_mutex_lock(&g.lock);
-	json_array_foreach(json_object_get(r, "events"), i, e)
-	{
+	json_array_foreach (json_object_get(r, "events"), i, e) {
 		const char *ev = json_string_value(json_object_get(e, "event"));
 		if (ev && !strcmp(ev, "started"))
 			s->started_ev++;
-		else if (ev && !strcmp(ev, "finished"))
+		else if (ev && !strcmp(ev, "finished")) {
+			const char *jid =
+			    json_string_value(json_object_get(e, "job_id"));
 			s->finished_ev++;
-		else
+			snprintf(s->job_id, sizeof(s->job_id), "%s",
+				 jid ? jid : "");
+		} else
 			s->other_ev++;
 	}
-	json_array_foreach(json_object_get(r, "results"), i, e)
-	{
+	json_array_foreach (json_object_get(r, "results"), i, e) {
 		const char *res =
 		    json_string_value(json_object_get(e, "result"));
 		if (res && !strcmp(res, "launched"))
 			s->results_launched++;
-		else if (res && !strcmp(res, "already_running"))
+		else if (res && (!strcmp(res, "already_running") ||
+				 !strcmp(res, "already_finished")))
 			s->results_already++;
 	}
 	pthread_mutex_unlock(&g.lock);
@@ -252,9 +257,11 @@ static void test_many_agents(void)
 	/* Launch one stage on each of NLAUNCH sites (1 s at scale 10). */
 	for (i = 0; i < NLAUNCH; i++) {
 		struct site *s = &g.sites[i * (NAGENTS / NLAUNCH)];
+		/* attempt-scoped and per site, as the broker sends them */
+		snprintf(s->stage_id, sizeof(s->stage_id), "job-%d/train#1", i);
 		json_t *cmd = json_pack(
 		    "{s:s, s:s, s:{s:s, s:s, s:s, s:i, s:s, s:i, s:f}}", "id",
-		    "cmd-1", "type", "launch", "stage", "id", "job-1/train",
+		    "cmd-1", "type", "launch", "stage", "id", s->stage_id,
 		    "command", "train.sh", "pool", "gpu", "cpus", 4,
 		    "gpu_model", "a100", "gpus", 1, "duration_s", 1.0);
 		T_OK(mer_link_server_queue_command(srv, s->name, cmd));
@@ -267,7 +274,7 @@ static void test_many_agents(void)
 		struct site *s = &g.sites[i * (NAGENTS / NLAUNCH)];
 		json_t *cmd =
 		    json_pack("{s:s, s:s, s:{s:s, s:s, s:f}}", "id", "cmd-2",
-			      "type", "launch", "stage", "id", "job-1/train",
+			      "type", "launch", "stage", "id", s->stage_id,
 			      "command", "train.sh", "duration_s", 1.0);
 		T_OK(mer_link_server_queue_command(srv, s->name, cmd));
 		json_decref(cmd);
@@ -283,6 +290,10 @@ static void test_many_agents(void)
 		T_EQ_INT(s->finished_ev, launched ? 1 : 0);
 		T_EQ_INT(s->other_ev, 0);
 		T_EQ_INT(s->results_launched, launched ? 1 : 0);
+		/* each site is its own sim cluster: its one job is its
+		 * first (a shared world would number them 1..NLAUNCH) */
+		if (launched)
+			T_EQ_STR(s->job_id, "sim-1");
 	}
 	T_EQ_INT(g.bad_reports, 0);
 	pthread_mutex_unlock(&g.lock);

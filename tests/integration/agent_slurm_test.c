@@ -260,8 +260,7 @@ static double res(json_t *site, const char *pool, const char *kind,
 	size_t i;
 	json_t *p;
 
-	json_array_foreach(json_object_get(site, "pools"), i, p)
-	{
+	json_array_foreach (json_object_get(site, "pools"), i, p) {
 		if (!strcmp(json_string_value(json_object_get(p, "name")),
 			    pool))
 			return json_number_value(json_object_get(
@@ -364,8 +363,51 @@ static void test_stage_succeeds_with_output(void)
 	T_EQ_INT(wait_final(a, id, &code), MER_AGENT_STAGE_SUCCEEDED);
 	T_EQ_INT(code, 0);
 	T_OK(t_read_file(path, &text, NULL));
-	T_CONTAINS(text, want);
-	T_CONTAINS(text, "2"); /* GPUs on the node: gres gpu:<model>:2 */
+	/* "hello <token> 2": GPUs on the node from gres gpu:<model>:2 */
+	char want2[80];
+	snprintf(want2, sizeof(want2), "%s 2\n", want);
+	T_EQ_STR(text, want2);
+	free(text);
+	unlink(path);
+	mer_agent_stage_clear(&st);
+	mer_agent_close(a);
+}
+
+/* Review 5: replicas are tasks with per-task GPUs and memory; on the real
+ * slurmrestd this checks the field names as well as the numbers. */
+static void test_replicas_per_task(void)
+{
+	struct mer_agent *a = NULL;
+	struct mer_agent_stage st;
+	char err[512] = "", id[96], cmd[1200], path[700], want[128];
+	char *text = NULL;
+	int already, code = -9;
+
+	if (!need_cluster())
+		return;
+	snprintf(id, sizeof(id), "job-%u/ddp#1", g.token);
+	snprintf(path, sizeof(path), "%s/ddp-%u.txt", g.job_dir, g.token);
+	snprintf(cmd, sizeof(cmd),
+		 "echo \"$SLURM_NTASKS $SLURM_MEM_PER_CPU "
+		 "$SLURM_GPUS_ON_NODE\" > %s",
+		 path);
+	stage(&st, id, cmd);
+	snprintf(st.gpu_model, sizeof(st.gpu_model), "%s", g.model);
+	st.gpus = 1;
+	st.replicas = 2;
+	T_OK(mer_agent_open(&g.cfg, &a, err, sizeof(err)));
+	T_OK(mer_agent_probe(a));
+	int rv = mer_agent_launch(a, &st, &already, err, sizeof(err));
+	if (rv)
+		printf("    launch: %s\n", err);
+	T_EQ_INT(rv, 0);
+	T_EQ_INT(wait_final(a, id, &code), MER_AGENT_STAGE_SUCCEEDED);
+	T_OK(t_read_file(path, &text, NULL));
+	/* 2 tasks, 64 MB per CPU (1 CPU per task), 1 GPU each: 2 on the
+	 * node (a per-node gres of 1 would give 1) */
+	snprintf(want, sizeof(want), "2 64 2\n");
+	if (text)
+		T_EQ_STR(text, want);
 	free(text);
 	unlink(path);
 	mer_agent_stage_clear(&st);
@@ -484,7 +526,10 @@ static void test_down(void)
 	g.up = 0;
 	stop_watchdog();
 	T_EQ_INT(st, 0);
-	/* the agent now sees an unreachable scheduler, and lives */
+	/* the agent now sees an unreachable scheduler, and lives (the purge
+	 * took the state file's folder with it: run without one) */
+	free(g.cfg.state_file);
+	g.cfg.state_file = NULL;
 	struct mer_agent *a = NULL;
 	char err[512];
 	json_t *s = NULL;
@@ -502,6 +547,7 @@ static const struct t_case cases[] = {
     {"up", test_up},
     {"summary", test_summary},
     {"stage_succeeds_with_output", test_stage_succeeds_with_output},
+    {"replicas_per_task", test_replicas_per_task},
     {"stage_exit_3", test_stage_exit_3},
     {"long_stage_cancelled", test_long_stage_cancelled},
     {"restart_mid_stage", test_restart_mid_stage},

@@ -11,6 +11,7 @@
 #include "site-agent/adapter.h"
 #include "site-agent/config.h"
 #include "tests/harness.h"
+#include "tests/lib/proc.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -21,6 +22,7 @@
 static struct {
 	pthread_mutex_t lock;
 	int bad_auth;
+	int no_limit; /* the running job has no time limit */
 	char last_path[256];
 	json_t *submitted;
 } fx = {.lock = PTHREAD_MUTEX_INITIALIZER};
@@ -59,13 +61,16 @@ static int h_openapi(struct mer_http_req *req, struct mer_http_res *res,
 	(void)arg;
 	if (!authed(req, res))
 		return 0;
-	/* 22.05 can load several plugins; v0.0.36 is older than we speak */
+	/* slurmrestd can load several plugins; v0.0.36 is older than we
+	 * speak, v0.0.41 newer than we tested: v0.0.38 must be chosen */
 	return mer_http_res_json_new(
 	    res, 200,
-	    json_pack("{s:s, s:{s:{}, s:{}, s:{}, s:{}, s:{}}}", "openapi",
-		      "3.0.2", "paths", "/slurm/v0.0.36/ping",
+	    json_pack("{s:s, s:{s:{}, s:{}, s:{}, s:{}, s:{}, s:{}, s:{}}}",
+		      "openapi", "3.0.2", "paths", "/slurm/v0.0.36/ping",
 		      "/slurm/v0.0.37/nodes", "/slurm/v0.0.38/ping",
-		      "/slurm/v0.0.38/job/{job_id}", "/slurmdb/v0.0.38/jobs"));
+		      "/slurm/v0.0.38/job/{job_id}", "/slurmdb/v0.0.38/jobs",
+		      "/slurmdb/v0.0.38/job/{job_id}",
+		      "/slurm/v0.0.41/nodes/"));
 }
 
 static int h_partitions(struct mer_http_req *req, struct mer_http_res *res,
@@ -114,10 +119,15 @@ static int h_nodes(struct mer_http_req *req, struct mer_http_res *res,
 static int h_jobs(struct mer_http_req *req, struct mer_http_res *res, void *arg)
 {
 	long long now = (long long)time(NULL);
+	long long end;
 
 	(void)arg;
 	if (!authed(req, res))
 		return 0;
+	pthread_mutex_lock(&fx.lock);
+	/* Slurm puts an unlimited job's end a year after its start. */
+	end = fx.no_limit ? now - 4 + 365 * 86400LL : now + 600;
+	pthread_mutex_unlock(&fx.lock);
 	return mer_http_res_json_new(
 	    res, 200,
 	    json_pack("{s:o, s:[], s:[{s:I, s:s, s:s, s:s, s:i, s:i, "
@@ -129,7 +139,7 @@ static int h_jobs(struct mer_http_req *req, struct mer_http_res *res, void *arg)
 		      "gres:gpu:a100:4", "job_id", (json_int_t)99, "name",
 		      "mer:job-1/train", "job_state", "RUNNING", "partition",
 		      "gpu", "cpus", 16, "node_count", 1, "end_time",
-		      (json_int_t)(now + 600)));
+		      (json_int_t)end));
 }
 
 static int h_job(struct mer_http_req *req, struct mer_http_res *res, void *arg)
@@ -156,6 +166,32 @@ static int h_job(struct mer_http_req *req, struct mer_http_res *res, void *arg)
 		      "exit_code", 2 << 8, "state_reason", "NonZeroExitCode"));
 }
 
+/* slurmdbd still knows job 77, which slurmctld purged after MinJobAge. */
+static int h_db_job(struct mer_http_req *req, struct mer_http_res *res,
+		    void *arg)
+{
+	const char *id = mer_http_req_param(req, "id");
+
+	(void)arg;
+	if (!authed(req, res))
+		return 0;
+	/* an empty result (ESLURM_REST_EMPTY_RESULT) is a 200 */
+	if (strcmp(id, "77") != 0)
+		return mer_http_res_json_new(
+		    res, 200,
+		    json_pack("{s:o, s:[{s:s, s:i}], s:[]}", "meta", meta(),
+			      "errors", "error", "Nothing found",
+			      "error_number", 9003, "jobs"));
+	return mer_http_res_json_new(
+	    res, 200,
+	    json_pack("{s:o, s:[], s:[{s:I, s:s, s:{s:s, s:s}, "
+		      "s:{s:s, s:i}}]}",
+		      "meta", meta(), "errors", "jobs", "job_id",
+		      (json_int_t)77, "name", "mer:job-0/old", "state",
+		      "current", "COMPLETED", "reason", "None", "exit_code",
+		      "status", "SUCCESS", "return_code", 0));
+}
+
 static int h_submit(struct mer_http_req *req, struct mer_http_res *res,
 		    void *arg)
 {
@@ -179,6 +215,7 @@ static const struct mer_http_route routes[] = {
     {"GET", "/slurm/v0.0.38/nodes", h_nodes, NULL, 0},
     {"GET", "/slurm/v0.0.38/jobs", h_jobs, NULL, 0},
     {"GET", "/slurm/v0.0.38/job/{id}", h_job, NULL, 0},
+    {"GET", "/slurmdb/v0.0.38/job/{id}", h_db_job, NULL, 0},
     {"POST", "/slurm/v0.0.38/job/submit", h_submit, NULL, MER_HTTP_JSON_BODY},
 };
 
@@ -233,8 +270,20 @@ static void test_over_http(void)
 		 NULL);
 	T_EXPECT(r->pending == 8000);
 	/* demand does not fit: wait until the running job's end (~600 s) */
+	/* (601: the fixture's clock may tick between its reply and ours) */
 	T_EXPECT(cap->pools[0].est_wait_s > 590 &&
-		 cap->pools[0].est_wait_s <= 600);
+		 cap->pools[0].est_wait_s <= 601);
+	/* a running job without a time limit says nothing about the wait:
+	 * the bounded default, not a year */
+	pthread_mutex_lock(&fx.lock);
+	fx.no_limit = 1;
+	pthread_mutex_unlock(&fx.lock);
+	memset(cap, 0, sizeof(*cap));
+	T_OK(mer_agent_slurm_ops.probe(inst, cap, err, sizeof(err)));
+	T_EXPECT(cap->pools[0].est_wait_s == 3600);
+	pthread_mutex_lock(&fx.lock);
+	fx.no_limit = 0;
+	pthread_mutex_unlock(&fx.lock);
 
 	/* status: raw wait status 2<<8 is exit code 2 */
 	T_OK(mer_agent_slurm_ops.status(inst, "99", &ss, err, sizeof(err)));
@@ -244,6 +293,10 @@ static void test_over_http(void)
 	T_EQ_INT(
 	    mer_agent_slurm_ops.status(inst, "12345", &ss, err, sizeof(err)),
 	    MER_ENOTFOUND);
+	/* purged by slurmctld, still in accounting: not lost */
+	T_OK(mer_agent_slurm_ops.status(inst, "77", &ss, err, sizeof(err)));
+	T_EQ_INT(ss.state, MER_AGENT_STAGE_SUCCEEDED);
+	T_EQ_INT(ss.exit_code, 0);
 	T_EQ_INT(
 	    mer_agent_slurm_ops.status(inst, "1;rm", &ss, err, sizeof(err)),
 	    MER_EINVAL);
@@ -282,6 +335,24 @@ static void test_over_http(void)
 		     json_object_get(j, "environment"), "MERIDIAN_STAGE_ID")),
 		 "job-2/prep");
 	json_decref(b);
+
+	/* replicas: per-task GPUs and memory, so each replica gets its own */
+	snprintf(st.id, sizeof(st.id), "job-2/ddp");
+	st.replicas = 4;
+	T_OK(mer_agent_slurm_ops.submit(inst, &st, job, sizeof(job), err,
+					sizeof(err)));
+	pthread_mutex_lock(&fx.lock);
+	b = json_incref(fx.submitted);
+	pthread_mutex_unlock(&fx.lock);
+	j = json_object_get(b, "job");
+	T_EQ_INT(json_integer_value(json_object_get(j, "tasks")), 4);
+	T_EQ_STR(json_string_value(json_object_get(j, "gpus_per_task")),
+		 "a100:2");
+	T_EXPECT(json_object_get(j, "gres") == NULL);
+	T_EXPECT(json_object_get(j, "memory_per_node") == NULL);
+	/* 2048 MB over 4 CPUs per task */
+	T_EQ_INT(json_integer_value(json_object_get(j, "memory_per_cpu")), 512);
+	json_decref(b);
 	mer_agent_slurm_ops.close(inst);
 
 	/* a wrong token: the server says 401, the adapter says so */
@@ -294,6 +365,36 @@ static void test_over_http(void)
 	T_CONTAINS(err, "HTTP 401");
 	T_EXPECT(strstr(err, "nope") == NULL);
 	mer_agent_slurm_ops.close(inst);
+
+	/* scheduler.token_file when no token is inline */
+	char *dir = NULL, tf[600];
+	T_OK(t_tmpdir("agent-slurmrest", &dir));
+	snprintf(tf, sizeof(tf), "%s/token", dir);
+	FILE *f = fopen(tf, "w");
+	T_ASSERT(f != NULL);
+	fputs("jwt-abc\n", f);
+	fclose(f);
+	free(cfg.token);
+	cfg.token = NULL;
+	free(cfg.token_file);
+	cfg.token_file = strdup(tf);
+	inst = NULL;
+	pthread_mutex_lock(&fx.lock);
+	fx.bad_auth = 0;
+	pthread_mutex_unlock(&fx.lock);
+	T_OK(mer_agent_slurm_ops.open(&cfg, &inst, err, sizeof(err)));
+	memset(cap, 0, sizeof(*cap));
+	T_OK(mer_agent_slurm_ops.probe(inst, cap, err, sizeof(err)));
+	T_EQ_INT(fx.bad_auth, 0);
+	mer_agent_slurm_ops.close(inst);
+	/* an untested version only when asked for, and well-formed */
+	free(cfg.api_version);
+	cfg.api_version = strdup("v0.0.4x");
+	inst = NULL;
+	T_EQ_INT(mer_agent_slurm_ops.open(&cfg, &inst, err, sizeof(err)),
+		 MER_EINVAL);
+	t_rmtree(dir);
+	free(dir);
 out:
 	mer_agent_stage_clear(&st);
 	mer_agent_cfg_free(&cfg);

@@ -2,8 +2,9 @@
  * The YARN adapter against a fixture ResourceManager (common/http.h) that
  * answers /ws/v1/cluster/{info,metrics,nodes,scheduler} with bodies shaped
  * like the RM REST API (tests/fixtures/yarn/, Capacity Scheduler with
- * nested queues, yarn.io/gpu resource information), implements
- * new-application, apps, app state and kill, and records what it receives.
+ * nested queues, yarn.io/gpu resource information), implements the
+ * Services API (/app/v1/services) with the real service states and the RM
+ * app behind each service, and records what it receives.
  */
 #include "common/err.h"
 #include "common/http.h"
@@ -11,6 +12,7 @@
 #include "policy/fed.h"
 #include "site-agent/adapter.h"
 #include "site-agent/config.h"
+#include "site-agent/kutil.h"
 #include "site-agent/runner.h"
 #include "tests/harness.h"
 #include "tests/lib/proc.h"
@@ -24,7 +26,8 @@
 static struct {
 	pthread_mutex_t lock;
 	json_t *info, *metrics, *nodes, *sched;
-	json_t *apps;	  /* id -> {"body": submitted, "state", "final"} */
+	json_t *svcs;	  /* name -> {"spec", "id", "state", "containers"} */
+	json_t *apps;	  /* RM app id -> {"name", "state", "final", "diag"} */
 	json_t *received; /* [{method, path, query, body}] */
 	int next;
 } fx = {.lock = PTHREAD_MUTEX_INITIALIZER};
@@ -85,65 +88,185 @@ static int h_fixed(struct mer_http_req *req, struct mer_http_res *res,
 	return mer_http_res_json(res, 200, *(json_t **)arg);
 }
 
-static int h_new_app(struct mer_http_req *req, struct mer_http_res *res,
-		     void *arg)
-{
-	char id[64];
-
-	(void)arg;
-	record(req);
-	pthread_mutex_lock(&fx.lock);
-	snprintf(id, sizeof(id), "application_1700000000000_%04d", ++fx.next);
-	pthread_mutex_unlock(&fx.lock);
-	return mer_http_res_json_new(res, 200,
-				     json_pack("{s:s, s:{s:i, s:i}}",
-					       "application-id", id,
-					       "maximum-resource-capability",
-					       "memory", 131072, "vCores", 32));
-}
-
-static int h_submit(struct mer_http_req *req, struct mer_http_res *res,
-		    void *arg)
+/*
+ * The Services API (/app/v1/services) as the RM's ApiServer answers it: a
+ * POST makes an RM app (ACCEPTED) and answers 202 with the app id in the
+ * diagnostics; GET shows the service with "id" (the app), "state" and the
+ * components' containers; once the app has ended the ApiServer reports
+ * STOPPED for a success and for a stop alike (FAILED for a failure) and the
+ * outcome is in the RM app's finalStatus. PUT {"state": "STOPPED"} stops it.
+ * fx_am() plays the service's AM.
+ */
+static int h_svc_create(struct mer_http_req *req, struct mer_http_res *res,
+			void *arg)
 {
 	json_t *b = mer_http_req_json(req);
-	const char *id =
-	    json_string_value(json_object_get(b, "application-id"));
+	const char *name = json_string_value(json_object_get(b, "name"));
+	char id[64], msg[128];
 
 	(void)arg;
 	record(req);
-	if (!id)
-		return rm_err(res, 400, "BadRequestException",
-			      "application-id missing");
+	if (!name || !json_is_array(json_object_get(b, "components")))
+		return mer_http_res_json_new(
+		    res, 400,
+		    json_pack("{s:s}", "diagnostics", "Invalid service spec"));
 	pthread_mutex_lock(&fx.lock);
+	if (json_object_get(fx.svcs, name)) {
+		pthread_mutex_unlock(&fx.lock);
+		snprintf(msg, sizeof(msg),
+			 "Failed to create service %s, because it already "
+			 "exists.",
+			 name);
+		return mer_http_res_json_new(
+		    res, 400, json_pack("{s:s}", "diagnostics", msg));
+	}
+	snprintf(id, sizeof(id), "application_1700000000000_%04d", ++fx.next);
+	json_object_set_new(fx.svcs, name,
+			    json_pack("{s:O, s:s, s:s, s:[]}", "spec", b, "id",
+				      id, "state", "ACCEPTED", "containers"));
 	json_object_set_new(fx.apps, id,
-			    json_pack("{s:O, s:s, s:s, s:s}", "body", b,
+			    json_pack("{s:s, s:s, s:s, s:s}", "name", name,
 				      "state", "ACCEPTED", "final", "UNDEFINED",
 				      "diag", ""));
 	pthread_mutex_unlock(&fx.lock);
-	mer_http_res_header(res, "Location",
-			    "http://rm:8088/ws/v1/cluster/apps/x");
-	mer_http_res_status(res, 202);
-	return 0;
+	snprintf(msg, sizeof(msg), "Application ID: %s", id);
+	return mer_http_res_json_new(
+	    res, 202,
+	    json_pack("{s:s, s:s, s:s}", "uri", "/app/v1/services/x",
+		      "diagnostics", msg, "state", "ACCEPTED"));
+}
+
+/* The AM's doings: "start" (containers READY), "succeed", "fail" (exit
+ * code 3). Called by tests. */
+static void fx_am(const char *name, const char *what)
+{
+	json_t *sv, *app, *c;
+	size_t i, n;
+
+	pthread_mutex_lock(&fx.lock);
+	sv = json_object_get(fx.svcs, name);
+	app = sv ? json_object_get(fx.apps,
+				   json_string_value(json_object_get(sv, "id")))
+		 : NULL;
+	if (!sv || !app)
+		goto out;
+	c = json_array_get(
+	    json_object_get(json_object_get(sv, "spec"), "components"), 0);
+	n = (size_t)json_integer_value(
+	    json_object_get(c, "number_of_containers"));
+	if (!strcmp(what, "start")) {
+		json_object_set_new(sv, "state", json_string("STABLE"));
+		json_object_set_new(app, "state", json_string("RUNNING"));
+		json_array_clear(json_object_get(sv, "containers"));
+		for (i = 0; i < n; i++)
+			json_array_append_new(
+			    json_object_get(sv, "containers"),
+			    json_pack("{s:s, s:s}", "id",
+				      "container_e01_1700000000000_0001_01",
+				      "state", "READY"));
+	} else {
+		int ok = !strcmp(what, "succeed");
+		json_object_set_new(sv, "state",
+				    json_string(ok ? "STOPPED" : "FAILED"));
+		json_array_clear(json_object_get(sv, "containers"));
+		json_object_set_new(app, "state", json_string("FINISHED"));
+		json_object_set_new(app, "final",
+				    json_string(ok ? "SUCCEEDED" : "FAILED"));
+		if (!ok)
+			json_object_set_new(
+			    app, "diag",
+			    json_string("Component stage failed: container "
+					"exited.\nExit code: 3"));
+	}
+out:
+	pthread_mutex_unlock(&fx.lock);
+}
+
+static json_t *svc_json(const char *name, json_t *sv)
+{
+	json_t *spec = json_deep_copy(json_object_get(sv, "spec"));
+	json_t *c = json_array_get(json_object_get(spec, "components"), 0);
+
+	json_object_set_new(
+	    spec, "id",
+	    json_string(json_string_value(json_object_get(sv, "id"))));
+	json_object_set_new(
+	    spec, "state",
+	    json_string(json_string_value(json_object_get(sv, "state"))));
+	json_object_set(c, "containers", json_object_get(sv, "containers"));
+	(void)name;
+	return spec;
+}
+
+static int h_svc_get(struct mer_http_req *req, struct mer_http_res *res,
+		     void *arg)
+{
+	const char *name = mer_http_req_param(req, "name");
+	json_t *sv, *out = NULL;
+
+	(void)arg;
+	record(req);
+	pthread_mutex_lock(&fx.lock);
+	if ((sv = json_object_get(fx.svcs, name)))
+		out = svc_json(name, sv);
+	pthread_mutex_unlock(&fx.lock);
+	if (!out)
+		return mer_http_res_json_new(
+		    res, 404,
+		    json_pack("{s:s}", "diagnostics", "Service not found"));
+	return mer_http_res_json_new(res, 200, out);
+}
+
+static int h_svc_put(struct mer_http_req *req, struct mer_http_res *res,
+		     void *arg)
+{
+	const char *name = mer_http_req_param(req, "name");
+	const char *want =
+	    json_string_value(json_object_get(mer_http_req_json(req), "state"));
+	json_t *sv, *app = NULL;
+
+	(void)arg;
+	record(req);
+	pthread_mutex_lock(&fx.lock);
+	sv = json_object_get(fx.svcs, name);
+	if (sv)
+		app = json_object_get(
+		    fx.apps, json_string_value(json_object_get(sv, "id")));
+	if (sv && app && want && !strcmp(want, "STOPPED") &&
+	    strcmp(json_string_value(json_object_get(app, "state")),
+		   "FINISHED") != 0) {
+		/* AM up: it unregisters with ENDED; else the RM kills. */
+		int up =
+		    !strcmp(json_string_value(json_object_get(app, "state")),
+			    "RUNNING");
+		json_object_set_new(sv, "state", json_string("STOPPED"));
+		json_array_clear(json_object_get(sv, "containers"));
+		json_object_set_new(app, "state",
+				    json_string(up ? "FINISHED" : "KILLED"));
+		json_object_set_new(app, "final",
+				    json_string(up ? "ENDED" : "KILLED"));
+	}
+	pthread_mutex_unlock(&fx.lock);
+	if (!sv)
+		return mer_http_res_json_new(
+		    res, 404,
+		    json_pack("{s:s}", "diagnostics", "Service not found"));
+	return mer_http_res_json_new(
+	    res, 200, json_pack("{s:s}", "diagnostics", "Service stopped"));
 }
 
 static json_t *app_json(const char *id, json_t *a)
 {
-	json_t *b = json_object_get(a, "body");
 	return json_pack(
-	    "{s:s, s:s, s:s, s:s, s:s, s:s, s:f, s:s, s:s, s:s, s:I, "
-	    "s:[s]}",
-	    "id", id, "user", "dr.who", "name",
-	    json_string_value(json_object_get(b, "application-name")), "queue",
-	    json_string_value(json_object_get(b, "queue")), "state",
-	    json_string_value(json_object_get(a, "state")), "finalStatus",
-	    json_string_value(json_object_get(a, "final")), "progress", 0.0,
-	    "trackingUI", "UNASSIGNED", "diagnostics",
+	    "{s:s, s:s, s:s, s:s, s:s, s:s, s:f, s:s, s:s, s:s, s:I, s:s}",
+	    "id", id, "user", "meridian", "name",
+	    json_string_value(json_object_get(a, "name")), "queue", "train",
+	    "state", json_string_value(json_object_get(a, "state")),
+	    "finalStatus", json_string_value(json_object_get(a, "final")),
+	    "progress", 0.0, "trackingUI", "UNASSIGNED", "diagnostics",
 	    json_string_value(json_object_get(a, "diag")), "applicationType",
-	    json_string_value(json_object_get(b, "application-type")),
-	    "startedTime", (json_int_t)1701338400000, "applicationTags",
-	    json_string_value(json_array_get(
-		json_object_get(json_object_get(b, "application-tags"), "tag"),
-		0)));
+	    "yarn-service", "startedTime", (json_int_t)1701338400000,
+	    "applicationTags", "name: " /* a comma-separated string */);
 }
 
 static int h_app(struct mer_http_req *req, struct mer_http_res *res, void *arg)
@@ -163,74 +286,15 @@ static int h_app(struct mer_http_req *req, struct mer_http_res *res, void *arg)
 	return mer_http_res_json_new(res, 200, out);
 }
 
-static int h_apps(struct mer_http_req *req, struct mer_http_res *res, void *arg)
-{
-	const char *tag = mer_http_req_query(req, "applicationTags");
-	const char *type = mer_http_req_query(req, "applicationTypes");
-	const char *id;
-	json_t *a, *list = json_array();
-
-	(void)arg;
-	record(req);
-	pthread_mutex_lock(&fx.lock);
-	json_object_foreach(fx.apps, id, a)
-	{
-		json_t *j = app_json(id, a);
-		const char *t = json_string_value(
-		    json_array_get(json_object_get(j, "applicationTags"), 0));
-		if ((!tag || (t && strcmp(t, tag) == 0)) &&
-		    (!type || !strcmp(type, json_string_value(json_object_get(
-						j, "applicationType")))))
-			json_array_append_new(list, j);
-		else
-			json_decref(j);
-	}
-	pthread_mutex_unlock(&fx.lock);
-	/* The RM sends "apps": null when nothing matches. */
-	if (json_array_size(list) == 0) {
-		json_decref(list);
-		return mer_http_res_json_new(res, 200,
-					     json_pack("{s:n}", "apps"));
-	}
-	return mer_http_res_json_new(
-	    res, 200, json_pack("{s:{s:o}}", "apps", "app", list));
-}
-
-static int h_state(struct mer_http_req *req, struct mer_http_res *res,
-		   void *arg)
-{
-	const char *id = mer_http_req_param(req, "id");
-	const char *want =
-	    json_string_value(json_object_get(mer_http_req_json(req), "state"));
-	json_t *a;
-
-	(void)arg;
-	record(req);
-	pthread_mutex_lock(&fx.lock);
-	a = json_object_get(fx.apps, id);
-	if (a && want && !strcmp(want, "KILLED")) {
-		json_object_set_new(a, "state", json_string("KILLED"));
-		json_object_set_new(a, "final", json_string("KILLED"));
-	}
-	pthread_mutex_unlock(&fx.lock);
-	if (!a)
-		return rm_err(res, 404, "NotFoundException", "no such app");
-	return mer_http_res_json_new(res, 202,
-				     json_pack("{s:s}", "state", "KILLING"));
-}
-
 static const struct mer_http_route routes[] = {
     {"GET", "/ws/v1/cluster/info", h_fixed, &fx.info, 0},
     {"GET", "/ws/v1/cluster/metrics", h_fixed, &fx.metrics, 0},
     {"GET", "/ws/v1/cluster/nodes", h_fixed, &fx.nodes, 0},
     {"GET", "/ws/v1/cluster/scheduler", h_fixed, &fx.sched, 0},
-    {"POST", "/ws/v1/cluster/apps/new-application", h_new_app, NULL,
-     MER_HTTP_JSON_OPTIONAL},
-    {"POST", "/ws/v1/cluster/apps", h_submit, NULL, MER_HTTP_JSON_BODY},
-    {"GET", "/ws/v1/cluster/apps", h_apps, NULL, 0},
     {"GET", "/ws/v1/cluster/apps/{id}", h_app, NULL, 0},
-    {"PUT", "/ws/v1/cluster/apps/{id}/state", h_state, NULL,
-     MER_HTTP_JSON_BODY},
+    {"POST", "/app/v1/services", h_svc_create, NULL, MER_HTTP_JSON_BODY},
+    {"GET", "/app/v1/services/{name}", h_svc_get, NULL, 0},
+    {"PUT", "/app/v1/services/{name}", h_svc_put, NULL, MER_HTTP_JSON_BODY},
 };
 
 struct env {
@@ -251,6 +315,7 @@ static int env_up(struct env *e)
 	fx.nodes = load_fixture("nodes.json");
 	fx.sched = load_fixture("scheduler.json");
 	fx.apps = json_object();
+	fx.svcs = json_object();
 	fx.received = json_array();
 	if (!fx.info || !fx.metrics || !fx.nodes || !fx.sched)
 		return MER_EIO;
@@ -287,6 +352,7 @@ static void env_down(struct env *e)
 	json_decref(fx.nodes);
 	json_decref(fx.sched);
 	json_decref(fx.apps);
+	json_decref(fx.svcs);
 	json_decref(fx.received);
 }
 
@@ -296,8 +362,7 @@ static json_t *received(const char *method, const char *path)
 	size_t i;
 
 	pthread_mutex_lock(&fx.lock);
-	json_array_foreach(fx.received, i, r)
-	{
+	json_array_foreach (fx.received, i, r) {
 		if (!strcmp(json_string_value(json_object_get(r, "method")),
 			    method) &&
 		    !strcmp(json_string_value(json_object_get(r, "path")),
@@ -394,13 +459,25 @@ static void test_summary_valid_for_fed(void)
 	env_down(&e);
 }
 
-static void test_app_lifecycle(void)
+static json_t *received_body(const char *method, const char *path)
+{
+	json_t *rec = received(method, path), *b;
+
+	if (!rec)
+		return NULL;
+	b = json_loads(json_string_value(json_object_get(rec, "body")), 0,
+		       NULL);
+	json_decref(rec);
+	return b;
+}
+
+static void test_service_lifecycle(void)
 {
 	struct env e;
 	void *inst = NULL;
 	struct mer_agent_stage st = {0};
 	struct mer_agent_stage_status ss;
-	char err[512] = "", id[128], id2[128];
+	char err[512] = "", id[128], id2[128], path[256];
 
 	if (env_up(&e)) {
 		t_fail(__FILE__, __LINE__, "fixture RM did not start");
@@ -408,105 +485,110 @@ static void test_app_lifecycle(void)
 		return;
 	}
 	T_OK(mer_agent_yarn_ops.open(&e.cfg, &inst, err, sizeof(err)));
-	snprintf(st.id, sizeof(st.id), "job-9/prep");
-	st.command = strdup("spark-submit prep.py");
+	snprintf(st.id, sizeof(st.id), "job-9/prep#1");
+	st.command = strdup("python prep.py");
 	st.cpus = 4;
 	st.memory_mb = 8192;
-	st.gpus = 1;
+	st.gpus = 2;
+	st.replicas = 3;
 	st.time_limit_s = 600;
 	T_OK(mer_agent_yarn_ops.submit(inst, &st, id, sizeof(id), err,
 				       sizeof(err)));
-	T_EQ_STR(id, "application_1700000000000_0001");
-	json_t *rec = received("POST", "/ws/v1/cluster/apps/new-application");
-	T_ASSERT(rec != NULL);
-	json_decref(rec);
-	rec = received("POST", "/ws/v1/cluster/apps");
-	T_ASSERT(rec != NULL);
-	json_t *b = json_loads(json_string_value(json_object_get(rec, "body")),
-			       0, NULL);
-	json_decref(rec);
+	T_ASSERT(strncmp(id, "mer-job-9-prep-1-", 17) == 0);
+	json_t *b = received_body("POST", "/app/v1/services");
 	T_ASSERT(b != NULL);
-	T_EQ_STR(json_string_value(json_object_get(b, "application-id")), id);
-	T_EQ_STR(json_string_value(json_object_get(b, "application-name")),
-		 "meridian:job-9/prep");
+	T_EQ_STR(json_string_value(json_object_get(b, "name")), id);
 	T_EQ_STR(json_string_value(json_object_get(b, "queue")), "train");
-	T_EQ_STR(json_string_value(json_object_get(b, "application-type")),
-		 "MERIDIAN");
-	T_EQ_INT(json_integer_value(json_object_get(b, "max-app-attempts")), 1);
-	T_EQ_STR(json_string_value(json_object_get(
-		     json_object_get(json_object_get(b, "am-container-spec"),
-				     "commands"),
-		     "command")),
-		 "spark-submit prep.py");
-	json_t *res = json_object_get(b, "resource");
-	T_EQ_INT(json_integer_value(json_object_get(res, "memory")), 8192);
-	T_EQ_INT(json_integer_value(json_object_get(res, "vCores")), 4);
-	json_t *ri = json_array_get(
-	    json_object_get(json_object_get(res, "resourceInformations"),
-			    "resourceInformation"),
-	    0);
-	T_EQ_STR(json_string_value(json_object_get(ri, "name")), "yarn.io/gpu");
-	T_EQ_INT(json_integer_value(json_object_get(ri, "value")), 1);
-	T_EQ_INT(
-	    json_integer_value(json_object_get(
-		json_array_get(
-		    json_object_get(json_object_get(b, "application-timeouts"),
-				    "timeout"),
-		    0),
-		"remainingTimeInSeconds")),
-	    600);
+	T_EQ_INT(json_integer_value(json_object_get(b, "lifetime")), 600);
+	json_t *c = json_array_get(json_object_get(b, "components"), 0);
+	T_EQ_INT(json_array_size(json_object_get(b, "components")), 1);
+	T_EQ_STR(json_string_value(json_object_get(c, "launch_command")),
+		 "python prep.py");
+	T_EQ_STR(json_string_value(json_object_get(c, "restart_policy")),
+		 "NEVER");
+	/* replicas are containers, each with the per-replica resources */
+	T_EQ_INT(json_integer_value(json_object_get(c, "number_of_containers")),
+		 3);
+	json_t *res = json_object_get(c, "resource");
+	T_EQ_INT(json_integer_value(json_object_get(res, "cpus")), 4);
+	T_EQ_STR(json_string_value(json_object_get(res, "memory")), "8192");
+	T_EQ_INT(json_integer_value(json_object_get(
+		     json_object_get(json_object_get(res, "additional"),
+				     "yarn.io/gpu"),
+		     "value")),
+		 2);
+	T_EQ_STR(mer_agent_jstr(c, "configuration", "env", "MERIDIAN_STAGE_ID",
+				NULL),
+		 "job-9/prep#1");
 	json_decref(b);
+	/* no bare RM app whose AM would never register */
+	json_t *bare = received("POST", "/ws/v1/cluster/apps");
+	T_EXPECT(bare == NULL);
+	json_decref(bare);
 
-	/* state from the app */
+	/* ACCEPTED -> pending; AM up with READY containers -> running */
 	T_OK(mer_agent_yarn_ops.status(inst, id, &ss, err, sizeof(err)));
 	T_EQ_INT(ss.state, MER_AGENT_STAGE_PENDING);
-	pthread_mutex_lock(&fx.lock);
-	json_object_set_new(json_object_get(fx.apps, id), "state",
-			    json_string("RUNNING"));
-	pthread_mutex_unlock(&fx.lock);
+	fx_am(id, "start");
 	T_OK(mer_agent_yarn_ops.status(inst, id, &ss, err, sizeof(err)));
 	T_EQ_INT(ss.state, MER_AGENT_STAGE_RUNNING);
-	pthread_mutex_lock(&fx.lock);
-	json_object_set_new(json_object_get(fx.apps, id), "state",
-			    json_string("FAILED"));
-	json_object_set_new(json_object_get(fx.apps, id), "final",
-			    json_string("FAILED"));
-	json_object_set_new(
-	    json_object_get(fx.apps, id), "diag",
-	    json_string("Application application_1700000000000_0001 "
-			"failed 1 times due to AM Container exited with  "
-			"exitCode: 3\nFailing this attempt.Diagnostics: "
-			"Exception from container-launch.\nExit code: 3"));
-	pthread_mutex_unlock(&fx.lock);
+	/* a failure: the exit code from the RM app's diagnostics */
+	fx_am(id, "fail");
 	T_OK(mer_agent_yarn_ops.status(inst, id, &ss, err, sizeof(err)));
 	T_EQ_INT(ss.state, MER_AGENT_STAGE_FAILED);
 	T_EQ_INT(ss.exit_code, 3);
 
-	/* found again by stage (tag + name) */
-	T_OK(mer_agent_yarn_ops.find(inst, "job-9/prep", id2, sizeof(id2), err,
-				     sizeof(err)));
+	/* found again by stage id (name + env) */
+	T_OK(mer_agent_yarn_ops.find(inst, "job-9/prep#1", id2, sizeof(id2),
+				     err, sizeof(err)));
 	T_EQ_STR(id2, id);
 	T_EQ_INT(mer_agent_yarn_ops.find(inst, "job-9/other", id2, sizeof(id2),
 					 err, sizeof(err)),
 		 MER_ENOTFOUND);
+	/* the same name twice: EEXIST, so the runner adopts */
+	T_EQ_INT(mer_agent_yarn_ops.submit(inst, &st, id2, sizeof(id2), err,
+					   sizeof(err)),
+		 MER_EEXIST);
 
-	/* kill by setting the state */
+	/* success: the Services API says STOPPED, the RM app SUCCEEDED */
+	snprintf(st.id, sizeof(st.id), "job-9/ok");
+	st.gpus = 0;
+	st.replicas = 0;
+	T_OK(mer_agent_yarn_ops.submit(inst, &st, id, sizeof(id), err,
+				       sizeof(err)));
+	fx_am(id, "start");
+	fx_am(id, "succeed");
+	T_OK(mer_agent_yarn_ops.status(inst, id, &ss, err, sizeof(err)));
+	T_EQ_INT(ss.state, MER_AGENT_STAGE_SUCCEEDED);
+	T_EQ_INT(ss.exit_code, 0);
+
+	/* stop: PUT state STOPPED; the app ends ENDED -> cancelled */
 	snprintf(st.id, sizeof(st.id), "job-9/train");
 	T_OK(mer_agent_yarn_ops.submit(inst, &st, id, sizeof(id), err,
 				       sizeof(err)));
+	fx_am(id, "start");
 	T_OK(mer_agent_yarn_ops.cancel(inst, id, err, sizeof(err)));
-	char path[256];
-	snprintf(path, sizeof(path), "/ws/v1/cluster/apps/%s/state", id);
-	rec = received("PUT", path);
-	T_ASSERT(rec != NULL);
-	T_EQ_STR(json_string_value(json_object_get(rec, "body")),
-		 "{\"state\":\"KILLED\"}");
-	json_decref(rec);
+	snprintf(path, sizeof(path), "/app/v1/services/%s", id);
+	b = received_body("PUT", path);
+	T_ASSERT(b != NULL);
+	T_EQ_STR(json_string_value(json_object_get(b, "state")), "STOPPED");
+	json_decref(b);
 	T_OK(mer_agent_yarn_ops.status(inst, id, &ss, err, sizeof(err)));
 	T_EQ_INT(ss.state, MER_AGENT_STAGE_CANCELLED);
-	T_EQ_INT(mer_agent_yarn_ops.status(inst, "application_1_9999", &ss, err,
-					   sizeof(err)),
+	T_EQ_INT(mer_agent_yarn_ops.status(inst, "mer-nothing-00000000", &ss,
+					   err, sizeof(err)),
 		 MER_ENOTFOUND);
+	/* a job id that is not a service name is refused, not sent */
+	T_EQ_INT(mer_agent_yarn_ops.status(inst, "../x", &ss, err, sizeof(err)),
+		 MER_EINVAL);
+
+	/* gang with replicas: YARN cannot promise all-or-nothing */
+	snprintf(st.id, sizeof(st.id), "job-9/gang");
+	st.replicas = 2;
+	st.gang = 1;
+	T_EQ_INT(mer_agent_yarn_ops.submit(inst, &st, id, sizeof(id), err,
+					   sizeof(err)),
+		 MER_EUNSUPPORTED);
 	mer_agent_yarn_ops.close(inst);
 	mer_agent_stage_clear(&st);
 	env_down(&e);
@@ -536,12 +618,10 @@ static void test_runner_over_yarn(void)
 	T_EQ_INT(already, 1);
 	T_OK(mer_agent_stage_get(a, "j/s", &state, NULL, id, sizeof(id)));
 	pthread_mutex_lock(&fx.lock);
-	T_EQ_INT(json_object_size(fx.apps), 1);
-	json_object_set_new(json_object_get(fx.apps, id), "state",
-			    json_string("FINISHED"));
-	json_object_set_new(json_object_get(fx.apps, id), "final",
-			    json_string("SUCCEEDED"));
+	T_EQ_INT(json_object_size(fx.svcs), 1);
 	pthread_mutex_unlock(&fx.lock);
+	fx_am(id, "start");
+	fx_am(id, "succeed");
 	T_EXPECT(mer_agent_tick(a) >= 1);
 	T_OK(mer_agent_stage_get(a, "j/s", &state, &code, NULL, 0));
 	T_EQ_INT(state, MER_AGENT_STAGE_SUCCEEDED);
@@ -554,7 +634,7 @@ static void test_runner_over_yarn(void)
 static const struct t_case cases[] = {
     {"capacity", test_capacity},
     {"summary_valid_for_fed", test_summary_valid_for_fed},
-    {"app_lifecycle", test_app_lifecycle},
+    {"service_lifecycle", test_service_lifecycle},
     {"runner_over_yarn", test_runner_over_yarn},
 };
 

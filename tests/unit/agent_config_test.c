@@ -3,6 +3,7 @@
 #include "common/err.h"
 #include "site-agent/config.h"
 #include "tests/harness.h"
+#include "tests/lib/proc.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,6 +66,14 @@ struct bad_case {
 };
 
 static const struct bad_case bad[] = {
+    {"{\"site\": {\"name\": \"a\", \"region\": \"r\"},\n"
+     " \"scheduler\": {\"kind\": \"kubernetes\", \"url\": \"https://k\","
+     " \"namespace\": \"ml/../x\"}}",
+     "scheduler.namespace: must be a DNS-1123 label"},
+    {"{\"site\": {\"name\": \"a\", \"region\": \"r\"},\n"
+     " \"scheduler\": {\"kind\": \"kubernetes\", \"url\": \"https://k\","
+     " \"namespace\": \"Team-A\"}}",
+     "scheduler.namespace: must be a DNS-1123 label"},
     {"{\"site\": {\"name\": \"a\", \"region\": \"r\"},\n"
      " \"scheduler\": {\"kind\": \"pbs\"}}",
      "bad.json:2:24: scheduler.kind: 'pbs' is not one of"},
@@ -186,6 +195,41 @@ static void test_examples_load(void)
 	}
 }
 
+/* Review 22: a relative sim_file is relative to the config file. */
+static void test_sim_file_relative_to_config(void)
+{
+	struct mer_agent_cfg c = {0};
+	char *dir = NULL, path[700], sim[700], want[700], err[512] = "";
+	FILE *f;
+
+	T_OK(t_tmpdir("agent-cfg", &dir));
+	snprintf(sim, sizeof(sim), "%s/site.sim.json", dir);
+	snprintf(path, sizeof(path), "%s/site.json", dir);
+	T_ASSERT((f = fopen(sim, "w")) != NULL);
+	fputs("{\"pools\": []}", f);
+	fclose(f);
+	T_ASSERT((f = fopen(path, "w")) != NULL);
+	fputs("{\"site\": {\"name\": \"a\", \"region\": \"r\"},\n"
+	      " \"scheduler\": {\"kind\": \"sim\", \"sim_file\": "
+	      "\"site.sim.json\"}}\n",
+	      f);
+	fclose(f);
+	/* the test's cwd is not dir */
+	T_OK(mer_agent_cfg_load(path, &c, err, sizeof(err)));
+	snprintf(want, sizeof(want), "%s/site.sim.json", dir);
+	T_EQ_STR(c.sim_file, want);
+	mer_agent_cfg_free(&c);
+	/* and a missing one says which file, with its position */
+	unlink(sim);
+	memset(&c, 0, sizeof(c));
+	T_EXPECT(mer_agent_cfg_load(path, &c, err, sizeof(err)) != 0);
+	T_CONTAINS(err, "site.json:2:");
+	T_CONTAINS(err, "cannot read");
+	mer_agent_cfg_free(&c);
+	t_rmtree(dir);
+	free(dir);
+}
+
 static const struct t_case cases[] = {
     {"examples_load", test_examples_load},
     {"table_is_valid", test_table_is_valid},
@@ -193,6 +237,7 @@ static const struct t_case cases[] = {
     {"errors_have_positions", test_errors_have_positions},
     {"file_errors", test_file_errors},
     {"secret_not_printed", test_secret_not_printed},
+    {"sim_file_relative_to_config", test_sim_file_relative_to_config},
 };
 
 T_MAIN("agent_config", cases)

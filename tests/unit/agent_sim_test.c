@@ -110,8 +110,7 @@ static double res(json_t *site, const char *pool, const char *kind,
 	size_t i;
 	json_t *p;
 
-	json_array_foreach(json_object_get(site, "pools"), i, p)
-	{
+	json_array_foreach (json_object_get(site, "pools"), i, p) {
 		if (strcmp(json_string_value(json_object_get(p, "name")),
 			   pool) == 0)
 			return json_number_value(json_object_get(
@@ -193,9 +192,8 @@ static void test_datasets_present_and_missing(void)
 	T_OK(mer_agent_open(&e.cfg, &a, err, sizeof(err)));
 	T_OK(mer_agent_probe(a));
 	T_OK(mer_agent_summary(a, &s));
-	json_array_foreach(
-	    json_object_get(json_object_get(s, "site"), "datasets"), i, d)
-	{
+	json_array_foreach (
+	    json_object_get(json_object_get(s, "site"), "datasets"), i, d) {
 		const char *n = json_string_value(json_object_get(d, "name"));
 		T_EXPECT(strcmp(n, "gone") != 0);
 		if (!strcmp(n, "present")) {
@@ -269,8 +267,7 @@ static int has_event(struct mer_agent *a, const char *stage, const char *event,
 	size_t i;
 	int found = 0;
 
-	json_array_foreach(ev, i, e)
-	{
+	json_array_foreach (ev, i, e) {
 		if (!strcmp(json_string_value(json_object_get(e, "stage")),
 			    stage) &&
 		    !strcmp(json_string_value(json_object_get(e, "event")),
@@ -307,8 +304,9 @@ static void test_stage_runs(void)
 	T_OK(env_setup(&e, NULL));
 	T_OK(mer_agent_open(&e.cfg, &a, err, sizeof(err)));
 	T_OK(mer_agent_probe(a));
-	/* 20 s at time_scale 100: 200 ms */
-	cmd = launch_cmd("c1", "job1/train", 20, 0);
+	/* 60 s at time_scale 100: 600 ms, ample for the checks below
+	 * while it runs even on a loaded machine */
+	cmd = launch_cmd("c1", "job1/train", 60, 0);
 	T_OK(mer_agent_command(a, cmd, &reply));
 	T_EXPECT(json_is_true(json_object_get(reply, "ok")));
 	T_EQ_STR(json_string_value(json_object_get(reply, "result")),
@@ -349,8 +347,8 @@ static void test_stage_runs(void)
 	/* Events stay until acknowledged. */
 	json_t *ev = mer_agent_events(a), *ids = json_array(), *x;
 	size_t i;
-	json_array_foreach(ev, i, x)
-	    json_array_append(ids, json_object_get(x, "id"));
+	json_array_foreach (ev, i, x)
+		json_array_append(ids, json_object_get(x, "id"));
 	T_EQ_INT(json_array_size(ev), 4);
 	T_OK(mer_agent_ack_events(a, ids));
 	json_decref(ev);
@@ -569,6 +567,254 @@ static void test_path_size(void)
 	env_free(&e);
 }
 
+static char *slurp(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char *buf = calloc(1, 65536);
+
+	if (f && buf)
+		fread(buf, 1, 65535, f);
+	if (f)
+		fclose(f);
+	return buf;
+}
+
+static const char *half_state =
+    "{\"version\": 1, \"events\": [], \"stages\": [{\"id\": "
+    "\"half\", \"job_id\": \"\", \"state\": \"pending\", "
+    "\"exit_code\": -1, \"cancel\": false, \"submitting\": true, "
+    "\"ended_at\": 0, \"spec\": {\"id\": \"half\", \"command\": "
+    "\"x\", \"duration_s\": 1}}]}";
+
+/* Review 2: --print-summary opens read-only (no submit, no save); run mode
+ * holds the state file against a second agent. */
+static void test_readonly_and_lock(void)
+{
+	struct env e;
+	struct mer_agent *a = NULL, *b = NULL;
+	struct mer_agent_stage st = {0};
+	json_t *s = NULL;
+	char err[512] = "", job[128] = "x", *before, *after;
+	int already;
+
+	T_OK(env_setup(&e, NULL));
+	T_OK(write_file(e.state, half_state));
+	before = slurp(e.state);
+	T_OK(mer_agent_open_readonly(&e.cfg, &a, err, sizeof(err)));
+	T_OK(mer_agent_probe(a));
+	T_OK(mer_agent_summary(a, &s));
+	json_decref(s);
+	T_EQ_INT(mer_agent_tick(a), 0);
+	T_OK(mer_agent_stage_get(a, "half", NULL, NULL, job, sizeof(job)));
+	T_EQ_STR(job, ""); /* not submitted */
+	snprintf(st.id, sizeof(st.id), "ro");
+	st.command = strdup("x");
+	T_EQ_INT(mer_agent_launch(a, &st, &already, err, sizeof(err)),
+		 MER_ESTATE);
+	after = slurp(e.state);
+	T_EQ_STR(after, before);
+	free(after);
+
+	/* a running agent and a read-only one side by side: fine */
+	T_OK(mer_agent_open(&e.cfg, &b, err, sizeof(err)));
+	mer_agent_close(a);
+	a = NULL;
+	/* a second running agent on the same state file: refused */
+	T_EQ_INT(mer_agent_open(&e.cfg, &a, err, sizeof(err)), MER_EBUSY);
+	T_CONTAINS(err, "another meridian-agent");
+	mer_agent_close(b);
+	T_OK(mer_agent_open(&e.cfg, &a, err, sizeof(err)));
+	mer_agent_close(a);
+	free(before);
+	mer_agent_stage_clear(&st);
+	env_free(&e);
+}
+
+/* Review 8: a launch completed during reconcile reaches the state file. */
+static void test_reconcile_resubmit_saved(void)
+{
+	struct env e;
+	struct mer_agent *a = NULL;
+	char err[512] = "", *text;
+	json_t *j, *st0;
+
+	T_OK(env_setup(&e, NULL));
+	T_OK(write_file(e.state, half_state));
+	T_OK(mer_agent_open(&e.cfg, &a, err, sizeof(err)));
+	text = slurp(e.state);
+	j = json_loads(text, 0, NULL);
+	st0 = json_array_get(json_object_get(j, "stages"), 0);
+	T_ASSERT(st0 != NULL);
+	T_EXPECT(json_is_false(json_object_get(st0, "submitting")));
+	T_EXPECT(json_string_length(json_object_get(st0, "job_id")) > 0);
+	json_decref(j);
+	free(text);
+	mer_agent_close(a);
+	env_free(&e);
+}
+
+/* Review 6 and 7: a stage still queued is not federation_used; a launch
+ * into a pool the site lacks is refused. */
+static void test_queued_not_used_and_unknown_pool(void)
+{
+	struct env e;
+	struct mer_agent *a = NULL;
+	json_t *cmd, *reply = NULL, *s = NULL;
+	enum mer_agent_stage_state state;
+	char err[512] = "";
+
+	T_OK(env_setup(&e, NULL));
+	T_OK(mer_agent_open(&e.cfg, &a, err, sizeof(err)));
+	T_OK(mer_agent_probe(a));
+	/* 4 x 24 a100 cannot fit next to the background load */
+	cmd = launch_cmd("c1", "big", 1e6, 0);
+	json_object_set_new(json_object_get(cmd, "stage"), "gpus",
+			    json_integer(24));
+	json_object_set_new(json_object_get(cmd, "stage"), "replicas",
+			    json_integer(4));
+	T_OK(mer_agent_command(a, cmd, &reply));
+	T_EXPECT(json_is_true(json_object_get(reply, "ok")));
+	json_decref(reply);
+	json_decref(cmd);
+	mer_agent_tick(a);
+	T_OK(mer_agent_stage_get(a, "big", &state, NULL, NULL, 0));
+	T_EQ_INT(state, MER_AGENT_STAGE_PENDING);
+	T_OK(mer_agent_probe(a));
+	T_OK(mer_agent_summary(a, &s));
+	T_EXPECT(res(json_object_get(s, "site"), "gpu", "gpu:a100",
+		     "federation_used") == 0);
+	json_decref(s);
+
+	cmd = launch_cmd("c2", "lost-pool", 1, 0);
+	json_object_set_new(json_object_get(cmd, "stage"), "pool",
+			    json_string("nope"));
+	T_OK(mer_agent_command(a, cmd, &reply));
+	T_EXPECT(json_is_false(json_object_get(reply, "ok")));
+	T_EQ_STR(json_string_value(
+		     json_object_get(json_object_get(reply, "error"), "code")),
+		 mer_errname(MER_ENOTFOUND));
+	json_decref(reply);
+	json_decref(cmd);
+	T_EQ_INT(mer_agent_stage_get(a, "lost-pool", NULL, NULL, NULL, 0),
+		 MER_ENOTFOUND);
+	mer_agent_close(a);
+	env_free(&e);
+}
+
+/* Review 9: a launch of a stage that has ended answers with its state, not
+ * "already_running"; attempt-scoped ids ("#2") are a new stage. */
+static void test_relaunch_finished(void)
+{
+	struct env e;
+	struct mer_agent *a = NULL;
+	json_t *cmd, *reply = NULL;
+	char err[512] = "", job1[128], job2[128];
+	int code;
+
+	T_OK(env_setup(&e, NULL));
+	T_OK(mer_agent_open(&e.cfg, &a, err, sizeof(err)));
+	cmd = launch_cmd("c1", "job7/eval#1", 1, 4);
+	T_OK(mer_agent_command(a, cmd, &reply));
+	T_EQ_STR(json_string_value(json_object_get(reply, "result")),
+		 "launched");
+	json_decref(reply);
+	T_EQ_INT(wait_final(a, "job7/eval#1", &code), MER_AGENT_STAGE_FAILED);
+	T_OK(mer_agent_command(a, cmd, &reply));
+	T_EXPECT(json_is_true(json_object_get(reply, "ok")));
+	T_EQ_STR(json_string_value(json_object_get(reply, "result")),
+		 "already_finished");
+	T_EQ_STR(json_string_value(json_object_get(reply, "state")), "failed");
+	T_EQ_INT(json_integer_value(json_object_get(reply, "exit_code")), 4);
+	json_decref(reply);
+	json_decref(cmd);
+	T_EQ_INT(mer_agent_stage_count(a), 1);
+	/* the next attempt: its own job and its own event ids */
+	cmd = launch_cmd("c2", "job7/eval#2", 1, 0);
+	T_OK(mer_agent_command(a, cmd, &reply));
+	T_EQ_STR(json_string_value(json_object_get(reply, "result")),
+		 "launched");
+	json_decref(reply);
+	json_decref(cmd);
+	T_EQ_INT(wait_final(a, "job7/eval#2", &code),
+		 MER_AGENT_STAGE_SUCCEEDED);
+	T_OK(mer_agent_stage_get(a, "job7/eval#1", NULL, NULL, job1,
+				 sizeof(job1)));
+	T_OK(mer_agent_stage_get(a, "job7/eval#2", NULL, NULL, job2,
+				 sizeof(job2)));
+	T_EXPECT(strcmp(job1, job2) != 0);
+	T_EQ_INT(has_event(a, "job7/eval#1", "failed", NULL), 1);
+	T_EQ_INT(has_event(a, "job7/eval#2", "finished", NULL), 1);
+	mer_agent_close(a);
+	env_free(&e);
+}
+
+static json_t *dataset_named(json_t *s, const char *name)
+{
+	size_t i;
+	json_t *d;
+
+	json_array_foreach (
+	    json_object_get(json_object_get(s, "site"), "datasets"), i, d) {
+		if (!strcmp(json_string_value(json_object_get(d, "name")),
+			    name))
+			return d;
+	}
+	return NULL;
+}
+
+/* Review 12: a directory too big to walk is present with its configured
+ * size ("size not verified"), not missing; sizes are cached for a TTL. */
+static void test_big_dataset_and_cache(void)
+{
+	struct env e;
+	struct mer_agent *a = NULL;
+	json_t *s = NULL, *d, *u;
+	char err[512] = "", f2[700];
+
+	T_OK(env_setup(&e, NULL));
+	T_OK(mer_agent_open(&e.cfg, &a, err, sizeof(err)));
+	T_OK(mer_agent_probe(a));
+	mer_agent_summary_walk_limits(1, 600);
+	T_OK(mer_agent_summary(a, &s));
+	d = dataset_named(s, "present");
+	T_ASSERT(d != NULL);
+	T_EQ_INT(json_integer_value(json_object_get(d, "bytes")), 1);
+	u = json_object_get(json_object_get(s, "status"),
+			    "datasets_unverified");
+	T_EQ_INT(json_array_size(u), 1);
+	T_CONTAINS(
+	    json_string_value(json_object_get(json_array_get(u, 0), "reason")),
+	    "size not verified");
+	T_EQ_INT(json_array_size(json_object_get(json_object_get(s, "status"),
+						 "datasets_missing")),
+		 1); /* only "gone" */
+	json_decref(s);
+
+	mer_agent_summary_walk_limits(100000, 600);
+	T_OK(mer_agent_summary(a, &s));
+	T_EQ_INT(json_integer_value(
+		     json_object_get(dataset_named(s, "present"), "bytes")),
+		 1000);
+	json_decref(s);
+	/* a new file: the cached size stands until the TTL runs out */
+	snprintf(f2, sizeof(f2), "%s/part-1", e.data);
+	T_OK(write_file(f2, "12345"));
+	T_OK(mer_agent_summary(a, &s));
+	T_EQ_INT(json_integer_value(
+		     json_object_get(dataset_named(s, "present"), "bytes")),
+		 1000);
+	json_decref(s);
+	mer_agent_summary_walk_limits(100000, 0);
+	T_OK(mer_agent_summary(a, &s));
+	T_EQ_INT(json_integer_value(
+		     json_object_get(dataset_named(s, "present"), "bytes")),
+		 1005);
+	json_decref(s);
+	mer_agent_summary_walk_limits(100000, 600);
+	mer_agent_close(a);
+	env_free(&e);
+}
+
 static const struct t_case cases[] = {
     {"summary_shape_and_fed", test_summary_shape_and_fed},
     {"datasets_present_and_missing", test_datasets_present_and_missing},
@@ -580,6 +826,11 @@ static const struct t_case cases[] = {
     {"unreachable_and_malformed", test_unreachable_and_malformed},
     {"bad_launch", test_bad_launch},
     {"path_size", test_path_size},
+    {"readonly_and_lock", test_readonly_and_lock},
+    {"reconcile_resubmit_saved", test_reconcile_resubmit_saved},
+    {"queued_not_used_and_unknown_pool", test_queued_not_used_and_unknown_pool},
+    {"relaunch_finished", test_relaunch_finished},
+    {"big_dataset_and_cache", test_big_dataset_and_cache},
 };
 
 T_MAIN("agent_sim", cases)
