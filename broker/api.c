@@ -713,8 +713,8 @@ static int get_site(struct mer_http_req *req, struct mer_http_res *res,
 
 /* Sets one flag of a site's status record (read-modify-write guarded by
  * its mod_revision). */
-static int site_flag(struct mer_broker *b, const char *name, const char *flag,
-		     int on)
+int mer_broker_site_flag(struct mer_broker *b, const char *name,
+			 const char *flag, int on)
 {
 	char key[KEY_MAX];
 	long long now = (long long)time(NULL);
@@ -767,7 +767,7 @@ static int drain_common(struct mer_http_req *req, struct mer_http_res *res,
 	if (!known)
 		return mer_http_res_error(res, 404, "not_found", "name",
 					  "no site %s", name);
-	if ((rv = site_flag(b, name, "drained", on)))
+	if ((rv = mer_broker_site_flag(b, name, "drained", on)))
 		return etcd_fail(res, rv);
 	mer_info(on ? "site drained" : "site undrained", "site=%s by=%s", name,
 		 who.tenant);
@@ -812,7 +812,7 @@ static int revoke_site(struct mer_http_req *req, struct mer_http_res *res,
 		return etcd_fail(res, rv);
 	/* Sites that never joined (static, report-only) are cut off from
 	 * placement by the status mark. */
-	if ((rv = site_flag(b, name, "revoked", 1)))
+	if ((rv = mer_broker_site_flag(b, name, "revoked", 1)))
 		return etcd_fail(res, rv);
 	if (b->link)
 		mer_link_server_revoke(b->link, name);

@@ -375,6 +375,7 @@ int mer_broker_federation(struct mer_broker *b, struct mer_fed **fed,
 			continue;
 		if (json_is_true(json_object_get(st, "drained")))
 			json_object_set_new(s, "drained", json_true());
+		mer_placer_add_preemptible(b, name, s);
 		json_object_del(s, "lost");
 		if (json_is_true(json_object_get(st, "lost")))
 			json_object_set_new(s, "health", json_string("down"));
@@ -709,6 +710,7 @@ void mer_broker_free(struct mer_broker *b)
 	free(b->cfg_path);
 	free(b->queue);
 	mer_placer_free_table(b);
+	mer_dispatch_free_watch(b);
 	pthread_rwlock_destroy(&b->lock);
 	mer_broker_fed_put(b->fed_cache);
 	pthread_mutex_destroy(&b->fmu);

@@ -83,7 +83,12 @@ struct mer_broker {
 	size_t nqueue, capqueue;
 	int pstop, prunning, kick;
 	pthread_t pthread;
-	struct job_table *jobs; /* known jobs' states (metrics, retries) */
+	struct job_table *jobs;	 /* known jobs' states (metrics, retries) */
+	struct pre_table *pre;	 /* live preemptible stages (pmu) */
+	struct hist_cache *hist; /* learned history (pmu) */
+
+	/* dispatch.c: when each site last reported, and which are lost */
+	struct site_watch *watch;
 };
 
 /* Loads the config at path and builds a broker (does not listen). err gets
@@ -143,6 +148,16 @@ void mer_placer_enqueue(struct mer_broker *b, const char *id);
 void mer_placer_kick(struct mer_broker *b);
 /* Records a job's current state for the gauges. */
 void mer_placer_note(struct mer_broker *b, const json_t *rec);
+/* Adds to site (a snapshot's site JSON) the capacity the broker's own
+ * live preemptible stages hold there, by class ("preemptible" of each
+ * resource of its first pool that has the kind). */
+void mer_placer_add_preemptible(struct mer_broker *b, const char *site,
+				json_t *s);
+/* A finished-stage history record as written to etcd (o: "runtime_s",
+ * "wait_s", "samples"), kept for the engine. */
+void mer_placer_history_note(struct mer_broker *b, const char *tenant,
+			     const char *job, const char *stage,
+			     const char *site, const json_t *o);
 /* Writes the jobs/stages-by-state gauges. */
 void mer_placer_render(struct mer_broker *b, FILE *out);
 
@@ -151,11 +166,34 @@ int mer_dispatch_start(struct mer_broker *b, char *err, size_t errlen);
 void mer_dispatch_stop(struct mer_broker *b);
 /* Launches the job's stages that are ready (placed, dependencies done). */
 void mer_dispatch_job(struct mer_broker *b, const char *id);
+/* Sets a job's state from its stages' (DESIGN §3; a job with a stage
+ * waiting for a site and none live is pending) and updated_at. */
+void mer_dispatch_job_state(json_t *rec, long long now);
 /* Sends again the commands a record has in flight (after a restart, and
  * cancels after DELETE). */
 void mer_dispatch_resend(struct mer_broker *b, const json_t *rec);
 
+/*
+ * Site liveness (dispatch.c, docs/STATE.md "Lost sites"). Sites that hold
+ * stages are watched from the first launch (or from the broker's start for
+ * what it resumes); one silent for sites.lost_after report intervals is
+ * marked lost, its unfinished stages return to pending for re-placement,
+ * and when it reports again it is told to cancel the copies it still has.
+ */
+void mer_dispatch_watch(struct mer_broker *b, const char *site);
+/* Sends a live stage at site back to pending (by: who preempted it) and
+ * tells the site to cancel its copy. */
+int mer_dispatch_preempt(struct mer_broker *b, const char *job,
+			 const char *stage, const char *site, const char *by);
+/* Marks silent sites lost (called by the placer thread every round). */
+void mer_dispatch_check_sites(struct mer_broker *b);
+void mer_dispatch_free_watch(struct mer_broker *b);
+
 /* api.c */
 int mer_api_register(struct mer_broker *b);
+/* Sets one flag ("drained", "revoked", "lost") of a site's status record
+ * in etcd (read-modify-write guarded by its mod_revision). */
+int mer_broker_site_flag(struct mer_broker *b, const char *name,
+			 const char *flag, int on);
 
 #endif

@@ -3,8 +3,9 @@
  * server's hooks (keys and joins through membership.h, site summaries into
  * etcd, stage events into job records), launches of placed stages whose
  * dependencies have succeeded, cancels, and re-sending what was in flight
- * after a restart. Every state change is a guarded update (store.h).
- * Not placement (placer.c).
+ * after a restart; stage retries, lost sites (silent agents) and their
+ * stale copies, preemption victims, finished-stage history. Every state
+ * change is a guarded update (store.h). Not placement (placer.c).
  */
 #include "broker/broker.h"
 
@@ -29,21 +30,21 @@ static int terminal(const char *st)
 	       is(st, MER_ST_CANCELLED);
 }
 
-/* The stage id an agent knows: "<job>/<stage>/<attempt>", so a retry is a
- * new stage for the agent (which remembers finished ones). */
+/* The stage id an agent knows: "<job>/<stage>#<attempt>" (docs/AGENT.md),
+ * so a retry is a new stage for the agent (which remembers finished ones). */
 static void stage_uid(char *out, size_t n, const char *job, const char *stage,
 		      long long attempt)
 {
-	snprintf(out, n, "%s/%s/%lld", job, stage, attempt);
+	snprintf(out, n, "%s/%s#%lld", job, stage, attempt);
 }
 
 static int parse_uid(const char *uid, char job[MER_JOB_ID_SIZE], char *stage,
 		     size_t sn, long long *attempt)
 {
-	const char *a = strchr(uid, '/'), *c = strrchr(uid, '/');
+	const char *a = strchr(uid, '/'), *c = strrchr(uid, '#');
 	char *end;
 
-	if (!a || c == a || (size_t)(a - uid) != MER_JOB_ID_LEN ||
+	if (!a || !c || c <= a + 1 || (size_t)(a - uid) != MER_JOB_ID_LEN ||
 	    (size_t)(c - a - 1) >= sn)
 		return MER_EINVAL;
 	memcpy(job, uid, MER_JOB_ID_LEN);
@@ -56,10 +57,11 @@ static int parse_uid(const char *uid, char job[MER_JOB_ID_SIZE], char *stage,
 
 /* ---- job state from its stages ------------------------------------------ */
 
-static void job_state(json_t *rec, long long now)
+void mer_dispatch_job_state(json_t *rec, long long now)
 {
 	json_t *stages = json_object_get(rec, "stages"), *s;
 	size_t i, n = json_array_size(stages), ok = 0, done = 0, live = 0;
+	size_t pending = 0;
 	int failed = 0;
 
 	json_array_foreach (stages, i, s) {
@@ -68,18 +70,22 @@ static void job_state(json_t *rec, long long now)
 		done += terminal(st);
 		failed |= is(st, MER_ST_FAILED);
 		live += is(st, MER_ST_DISPATCHED) || is(st, MER_ST_RUNNING);
+		pending += is(st, MER_ST_PENDING);
 	}
 	if (failed) {
 		/* The job has failed: what has not started never will. */
 		json_array_foreach (stages, i, s) {
 			const char *st =
 			    json_string_value(json_object_get(s, "state"));
-			if (is(st, MER_ST_PENDING) || is(st, MER_ST_PLACED))
+			if (is(st, MER_ST_PENDING) || is(st, MER_ST_PLACED)) {
 				json_object_set_new(
 				    s, "state", json_string(MER_ST_CANCELLED));
-			else if (!terminal(st))
+				json_object_set_new(s, "finished_at",
+						    json_integer(now));
+			} else if (!terminal(st)) {
 				json_object_set_new(s, "cancel_requested",
 						    json_true());
+			}
 		}
 	}
 	const char *js;
@@ -91,8 +97,15 @@ static void job_state(json_t *rec, long long now)
 		js = MER_ST_FAILED;
 	else if (live)
 		js = MER_ST_RUNNING;
+	else if (pending)
+		/* A stage waits for a site (first placement, or returned by
+		 * a retry, a lost site or preemption): the placer takes
+		 * jobs in this state. */
+		js = MER_ST_PENDING;
+	else if (ok)
+		js = MER_ST_RUNNING; /* between stages */
 	else
-		js = json_string_value(json_object_get(rec, "state"));
+		js = MER_ST_PLACED;
 	if (js && !is(json_string_value(json_object_get(rec, "state")), js)) {
 		json_object_set_new(rec, "state", json_string(js));
 		if (terminal(js))
@@ -182,7 +195,7 @@ static int mutate_ready(void *arg, json_t *rec)
 	}
 	if (!changed)
 		return MER_ECANCELED;
-	job_state(rec, c->now);
+	mer_dispatch_job_state(rec, c->now);
 	return 0;
 }
 
@@ -280,6 +293,8 @@ void mer_dispatch_job(struct mer_broker *b, const char *id)
 	if (mer_store_update(b->store, id, mutate_ready, &c, &after) == 0 &&
 	    after) {
 		mer_placer_note(b, after);
+		for (size_t i = 0; i < c.n; i++)
+			mer_dispatch_watch(b, c.l[i].site);
 		send_commands(b, after, c.l, c.n);
 	}
 	json_decref(after);
@@ -330,28 +345,108 @@ struct event_ctx {
 	const char *reason;
 	long long now;
 	long long retry_limit;
-	int stale;
+	int stale;   /* the event is about a copy the broker gave up on */
+	int replace; /* the stage went back to pending */
 };
+
+/* The stage entry of rec named name, or NULL. */
+static json_t *stage_named(json_t *rec, const char *name)
+{
+	json_t *v;
+	size_t i;
+
+	json_array_foreach (json_object_get(rec, "stages"), i, v)
+		if (is(json_string_value(json_object_get(v, "name")), name))
+			return v;
+	return NULL;
+}
+
+/*
+ * Returns a stage to pending so the placer finds it a site again (maybe
+ * another one). The copy it had, if an agent may still hold it, is kept in
+ * "stale" so that the site is told to cancel it when it is heard from.
+ */
+static void to_pending(json_t *s, const char *why, int abandon, long long now)
+{
+	const char *site = json_string_value(json_object_get(s, "site"));
+
+	if (abandon && site) {
+		json_t *list = json_object_get(s, "stale");
+		if (!json_is_array(list)) {
+			list = json_array();
+			json_object_set_new(s, "stale", list);
+		}
+		json_array_append_new(
+		    list,
+		    json_pack(
+			"{s:s, s:I, s:s, s:I}", "site", site, "attempt",
+			json_integer_value(json_object_get(s, "attempts")),
+			"state", "abandoned", "at", (json_int_t)now));
+	}
+	json_object_set_new(s, "state", json_string(MER_ST_PENDING));
+	json_object_del(s, "site");
+	json_object_del(s, "placed_at");
+	json_object_del(s, "dispatched_at");
+	json_object_del(s, "started_at");
+	json_object_set_new(s, "pending_since", json_integer(now));
+	json_object_set_new(s, "reason", json_string(why));
+}
+
+/* Records what became of the stale copy (site, attempt) of stage s: the
+ * agent acknowledged its cancel ("cancel_acked"), or reported its end
+ * (state "ended", "end" says how). 1 when anything changed. */
+static int stale_ended(json_t *s, const char *site, long long attempt,
+		       const char *how, long long now)
+{
+	json_t *v;
+	size_t i;
+
+	json_array_foreach (json_object_get(s, "stale"), i, v) {
+		if (!is(json_string_value(json_object_get(v, "site")), site) ||
+		    json_integer_value(json_object_get(v, "attempt")) !=
+			attempt)
+			continue;
+		int acked = is(how, "cancel acknowledged");
+		int open = is(json_string_value(json_object_get(v, "state")),
+			      "abandoned");
+		if (acked && json_is_true(json_object_get(v, "cancel_acked")))
+			return 0;
+		if (!acked && !open)
+			return 0;
+		if (acked)
+			json_object_set_new(v, "cancel_acked", json_true());
+		if (!acked || open) {
+			json_object_set_new(v, "state", json_string("ended"));
+			json_object_set_new(v, "end", json_string(how));
+			json_object_set_new(v, "ended_at", json_integer(now));
+		}
+		return 1;
+	}
+	return 0;
+}
 
 static int mutate_event(void *arg, json_t *rec)
 {
 	struct event_ctx *c = arg;
-	json_t *s = NULL, *v;
-	size_t i;
+	json_t *s = stage_named(rec, c->stage);
 
 	c->stale = 0;
-	json_array_foreach (json_object_get(rec, "stages"), i, v)
-		if (is(json_string_value(json_object_get(v, "name")), c->stage))
-			s = v;
+	c->replace = 0;
 	if (!s)
 		return MER_ECANCELED;
 	const char *st = json_string_value(json_object_get(s, "state"));
 	long long att = json_integer_value(json_object_get(s, "attempts"));
 	if (att != c->attempt ||
 	    !is(json_string_value(json_object_get(s, "site")), c->site)) {
-		/* An older attempt, or a copy on a site the stage left. */
+		/* An older attempt, or a copy on a site the stage left. Its
+		 * end is recorded; a live one is cancelled by the caller. */
 		c->stale = 1;
-		return MER_ECANCELED;
+		if (is(c->event, "started"))
+			return MER_ECANCELED;
+		if (!stale_ended(s, c->site, c->attempt, c->event, c->now))
+			return MER_ECANCELED;
+		json_object_set_new(rec, "updated_at", json_integer(c->now));
+		return 0;
 	}
 	if (terminal(st))
 		return MER_ECANCELED; /* a duplicate */
@@ -374,10 +469,15 @@ static int mutate_event(void *arg, json_t *rec)
 		    json_string(c->reason ? c->reason : c->event));
 		if (att <= c->retry_limit &&
 		    !json_is_true(json_object_get(s, "cancel_requested"))) {
-			/* Retried where it was placed; the next dispatch is
-			 * a new attempt. */
-			json_object_set_new(s, "state",
-					    json_string(MER_ST_PLACED));
+			/* Placed again, on whichever site is best now; the
+			 * next dispatch is a new attempt. */
+			char why[200];
+			snprintf(why, sizeof(why),
+				 "attempt %lld %s at %s; waiting to be "
+				 "placed again",
+				 att, c->event, c->site);
+			to_pending(s, why, 0, c->now);
+			c->replace = 1;
 		} else {
 			json_object_set_new(s, "state",
 					    json_string(MER_ST_FAILED));
@@ -390,8 +490,114 @@ static int mutate_event(void *arg, json_t *rec)
 	} else {
 		return MER_ECANCELED;
 	}
-	job_state(rec, c->now);
+	mer_dispatch_job_state(rec, c->now);
 	return 0;
+}
+
+static void queue_cancel(struct mer_broker *b, const char *site,
+			 const char *uid)
+{
+	char cid[220];
+	json_t *cmd;
+
+	if (!b->link)
+		return;
+	snprintf(cid, sizeof(cid), "%s#cancel", uid);
+	cmd = json_pack("{s:s, s:s, s:s}", "id", cid, "type", "cancel",
+			"stage_id", uid);
+	if (cmd)
+		mer_link_server_queue_command(b->link, site, cmd);
+	json_decref(cmd);
+}
+
+/*
+ * Finished-stage history for learned estimates: per tenant, job name, stage
+ * and site, the running means of runtime (started -> finished) and wait
+ * (dispatched -> started) and the sample count, at
+ * "<p>/history/<tenant>/<job name>/<stage>/<site>" (guarded
+ * read-modify-write). The placer passes them to the engine.
+ */
+static void history_record(struct mer_broker *b, const json_t *rec,
+			   const char *stage, const char *site)
+{
+	const json_t *s = NULL, *v;
+	size_t i;
+	char key[KEY_MAX];
+
+	if (!json_string_value(json_object_get(rec, "tenant")) ||
+	    !json_string_value(json_object_get(rec, "name")))
+		return;
+	json_array_foreach (json_object_get(rec, "stages"), i, v)
+		if (is(json_string_value(json_object_get(v, "name")), stage))
+			s = v;
+	json_t *st = json_object_get(s, "started_at");
+	json_t *dt = json_object_get(s, "dispatched_at");
+	json_t *ft = json_object_get(s, "finished_at");
+	if (!json_is_integer(st) || !json_is_integer(ft))
+		return;
+	double runtime =
+	    (double)(json_integer_value(ft) - json_integer_value(st));
+	double wait =
+	    json_is_integer(dt)
+		? (double)(json_integer_value(st) - json_integer_value(dt))
+		: -1;
+	if (!mer_store_key(b->store, key, sizeof(key), "history/%s/%s/%s/%s",
+			   json_string_value(json_object_get(rec, "tenant")),
+			   json_string_value(json_object_get(rec, "name")),
+			   stage, site))
+		return;
+	for (int tries = 0; tries < 4; tries++) {
+		struct mer_etcd_kv kv = {0};
+		json_t *o = NULL;
+		int64_t mod = 0;
+		int rv = mer_etcd_get(b->etcd, key, strlen(key), &kv, NULL);
+		if (rv == 0) {
+			o = json_loadb(kv.value, kv.value_len, 0, NULL);
+			mod = kv.mod_revision;
+		} else if (rv != MER_ENOTFOUND) {
+			return;
+		}
+		mer_etcd_kv_clear(&kv);
+		if (!json_is_object(o)) {
+			json_decref(o);
+			o = json_object();
+		}
+		double n = json_number_value(json_object_get(o, "samples"));
+		double r0 = json_number_value(json_object_get(o, "runtime_s"));
+		double w0 = json_number_value(json_object_get(o, "wait_s"));
+		double wn =
+		    json_number_value(json_object_get(o, "wait_samples"));
+		json_object_set_new(o, "samples", json_real(n + 1));
+		json_object_set_new(o, "runtime_s",
+				    json_real((r0 * n + runtime) / (n + 1)));
+		if (wait >= 0) {
+			json_object_set_new(
+			    o, "wait_s",
+			    json_real((w0 * wn + wait) / (wn + 1)));
+			json_object_set_new(o, "wait_samples",
+					    json_real(wn + 1));
+		}
+		json_object_set_new(o, "updated_at",
+				    json_integer((long long)time(NULL)));
+		char *text = mer_json_dumps(o);
+		if (!text) {
+			json_decref(o);
+			return;
+		}
+		rv = mer_etcd_put_if_mod_revision(b->etcd, key, strlen(key),
+						  text, strlen(text), 0, mod,
+						  NULL);
+		free(text);
+		if (rv == 0)
+			mer_placer_history_note(
+			    b,
+			    json_string_value(json_object_get(rec, "tenant")),
+			    json_string_value(json_object_get(rec, "name")),
+			    stage, site, o);
+		json_decref(o);
+		if (rv != MER_ECOMPARE)
+			return;
+	}
 }
 
 static void handle_event(struct mer_broker *b, const char *site,
@@ -415,23 +621,451 @@ static void handle_event(struct mer_broker *b, const char *site,
 	    parse_uid(uid, job, stage, sizeof(stage), &c.attempt))
 		return;
 	rv = mer_store_update(b->store, job, mutate_event, &c, &after);
-	if (rv == 0 && c.stale && is(c.event, "started") && b->link) {
+	if (rv == 0 && c.stale && is(c.event, "started")) {
 		/* The site came back with a copy the broker gave up on. */
-		json_t *cmd = json_pack("{s:s, s:s, s:s}", "id", uid, "type",
-					"cancel", "stage_id", uid);
-		if (cmd)
-			mer_link_server_queue_command(b->link, site, cmd);
-		json_decref(cmd);
+		queue_cancel(b, site, uid);
 		mer_info("stale stage cancelled", "stage=%s site=%s", uid,
 			 site);
 	}
+	if (rv == 0 && after && c.stale)
+		mer_info("stale copy ended", "stage=%s site=%s how=%s", uid,
+			 site, c.event);
 	if (rv == 0 && after && !c.stale) {
 		mer_placer_note(b, after);
 		mer_info("stage event", "stage=%s site=%s event=%s", uid, site,
 			 c.event);
+		if (c.replace)
+			mer_placer_enqueue(b, job);
+		if (is(c.event, "finished"))
+			history_record(b, after, stage, site);
+		/* A failed job: its other live stages get cancels. */
+		if (is(json_string_value(json_object_get(after, "state")),
+		       MER_ST_FAILED))
+			mer_dispatch_resend(b, after);
 		mer_dispatch_job(b, job);
 	}
 	json_decref(after);
+}
+
+/* An agent's answer to the cancel of a copy the broker gave up on ends
+ * that copy's "stale" entry (the agent has stopped it, or never had it). */
+static void cancel_answered(struct mer_broker *b, const char *site,
+			    const json_t *res, long long limit)
+{
+	const char *cid = json_string_value(json_object_get(res, "command"));
+	const char *h = cid ? strrchr(cid, '#') : NULL;
+	char uid[200];
+
+	if (!h || strcmp(h, "#cancel") != 0 || (size_t)(h - cid) >= sizeof(uid))
+		return;
+	snprintf(uid, sizeof(uid), "%.*s", (int)(h - cid), cid);
+	json_t *ev = json_pack("{s:s, s:s}", "stage", uid, "event",
+			       json_is_true(json_object_get(res, "ok"))
+				   ? "cancel acknowledged"
+				   : "not held by the agent");
+	if (ev)
+		handle_event(b, site, ev, limit);
+	json_decref(ev);
+}
+
+/* ---- preemption ------------------------------------------------------------
+ */
+
+struct preempt_ctx {
+	const char *stage, *site, *by;
+	long long now;
+	int held; /* the victim was dispatched or running: cancel its copy */
+	long long attempt;
+};
+
+static int mutate_preempt(void *arg, json_t *rec)
+{
+	struct preempt_ctx *c = arg;
+	json_t *s = stage_named(rec, c->stage);
+	char why[300];
+
+	if (!s || terminal(json_string_value(json_object_get(rec, "state"))) ||
+	    json_is_true(json_object_get(s, "cancel_requested")) ||
+	    !is(json_string_value(json_object_get(s, "site")), c->site))
+		return MER_ECANCELED;
+	const char *st = json_string_value(json_object_get(s, "state"));
+	if (!is(st, MER_ST_PLACED) && !is(st, MER_ST_DISPATCHED) &&
+	    !is(st, MER_ST_RUNNING))
+		return MER_ECANCELED;
+	c->held = !is(st, MER_ST_PLACED);
+	c->attempt = json_integer_value(json_object_get(s, "attempts"));
+	snprintf(why, sizeof(why),
+		 "preempted at %s by %s; waiting to be placed again", c->site,
+		 c->by);
+	to_pending(s, why, c->held, c->now);
+	json_object_set_new(s, "preempted_by", json_string(c->by));
+	json_object_set_new(
+	    s, "preemptions",
+	    json_integer(json_integer_value(json_object_get(s, "preemptions")) +
+			 1));
+	mer_dispatch_job_state(rec, c->now);
+	return 0;
+}
+
+int mer_dispatch_preempt(struct mer_broker *b, const char *job,
+			 const char *stage, const char *site, const char *by)
+{
+	struct preempt_ctx c = {.stage = stage,
+				.site = site,
+				.by = by,
+				.now = (long long)time(NULL)};
+	json_t *after = NULL;
+	int rv = mer_store_update(b->store, job, mutate_preempt, &c, &after);
+
+	if (rv == 0 && after) {
+		mer_placer_note(b, after);
+		if (c.held) {
+			char uid[200];
+			stage_uid(uid, sizeof(uid), job, stage, c.attempt);
+			queue_cancel(b, site, uid);
+		}
+		mer_info("stage preempted", "job=%s stage=%s site=%s by=%s",
+			 job, stage, site, by);
+		mer_placer_enqueue(b, job);
+	}
+	json_decref(after);
+	return rv;
+}
+
+/* ---- lost sites ------------------------------------------------------------
+ */
+
+struct watched {
+	char site[MER_LINK_NAME_MAX];
+	long long seen_ms; /* monotonic: last summary, or when first watched */
+	int lost;
+	int checked; /* etcd's lost mark looked at since this broker started */
+};
+
+struct site_watch {
+	pthread_mutex_t mu;
+	struct watched *w;
+	size_t n, cap;
+};
+
+static long long mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The entry of site (added when absent); mu held. */
+static struct watched *watch_find(struct site_watch *w, const char *site)
+{
+	for (size_t i = 0; i < w->n; i++)
+		if (strcmp(w->w[i].site, site) == 0)
+			return &w->w[i];
+	if (w->n == w->cap) {
+		size_t nc = w->cap ? 2 * w->cap : 16;
+		void *p = realloc(w->w, nc * sizeof(*w->w));
+		if (!p)
+			return NULL;
+		w->w = p;
+		w->cap = nc;
+	}
+	struct watched *e = &w->w[w->n++];
+	memset(e, 0, sizeof(*e));
+	snprintf(e->site, sizeof(e->site), "%s", site);
+	e->seen_ms = mono_ms();
+	return e;
+}
+
+void mer_dispatch_watch(struct mer_broker *b, const char *site)
+{
+	if (!b->watch || !site || !site[0])
+		return;
+	pthread_mutex_lock(&b->watch->mu);
+	watch_find(b->watch, site);
+	pthread_mutex_unlock(&b->watch->mu);
+}
+
+/* The copies a lost site may still run ("<p>/site-stale/<site>": a JSON
+ * array of stage ids), so that they are cancelled when it returns even
+ * across a broker restart. */
+static void stale_add(struct mer_broker *b, const char *site, json_t *uids)
+{
+	char key[KEY_MAX];
+
+	if (!json_array_size(uids) ||
+	    !mer_store_key(b->store, key, sizeof(key), "site-stale/%s", site))
+		return;
+	for (int tries = 0; tries < 8; tries++) {
+		struct mer_etcd_kv kv = {0};
+		json_t *list = NULL, *v;
+		int64_t mod = 0;
+		size_t i;
+		int rv = mer_etcd_get(b->etcd, key, strlen(key), &kv, NULL);
+		if (rv == 0) {
+			list = json_loadb(kv.value, kv.value_len, 0, NULL);
+			mod = kv.mod_revision;
+		} else if (rv != MER_ENOTFOUND) {
+			return;
+		}
+		mer_etcd_kv_clear(&kv);
+		if (!json_is_array(list)) {
+			json_decref(list);
+			list = json_array();
+		}
+		json_array_foreach (uids, i, v)
+			json_array_append(list, v);
+		char *text = mer_json_dumps(list);
+		json_decref(list);
+		if (!text)
+			return;
+		rv = mer_etcd_put_if_mod_revision(b->etcd, key, strlen(key),
+						  text, strlen(text), 0, mod,
+						  NULL);
+		free(text);
+		if (rv != MER_ECOMPARE)
+			return;
+	}
+}
+
+struct lost_ctx {
+	const char *site;
+	long long now;
+	json_t *uids; /* copies abandoned, to cancel */
+	int moved;
+};
+
+/* Every unfinished stage of the lost site back to pending. */
+static int mutate_lost(void *arg, json_t *rec)
+{
+	struct lost_ctx *c = arg;
+	const char *id = json_string_value(json_object_get(rec, "id"));
+	json_t *s;
+	size_t i;
+	char why[200];
+
+	c->moved = 0;
+	if (terminal(json_string_value(json_object_get(rec, "state"))))
+		return MER_ECANCELED;
+	snprintf(why, sizeof(why),
+		 "site %s was lost; waiting to be placed "
+		 "again",
+		 c->site);
+	json_array_foreach (json_object_get(rec, "stages"), i, s) {
+		const char *st = json_string_value(json_object_get(s, "state"));
+		if (!is(json_string_value(json_object_get(s, "site")),
+			c->site) ||
+		    !(is(st, MER_ST_PLACED) || is(st, MER_ST_DISPATCHED) ||
+		      is(st, MER_ST_RUNNING)))
+			continue;
+		int held = !is(st, MER_ST_PLACED);
+		if (held) {
+			char uid[200];
+			stage_uid(
+			    uid, sizeof(uid), id,
+			    json_string_value(json_object_get(s, "name")),
+			    json_integer_value(json_object_get(s, "attempts")));
+			json_array_append_new(c->uids, json_string(uid));
+		}
+		if (json_is_true(json_object_get(s, "cancel_requested"))) {
+			/* Being cancelled anyway: nothing to re-place. */
+			json_object_set_new(s, "state",
+					    json_string(MER_ST_CANCELLED));
+			json_object_set_new(s, "finished_at",
+					    json_integer(c->now));
+		} else {
+			to_pending(s, why, held, c->now);
+		}
+		c->moved++;
+	}
+	if (!c->moved)
+		return MER_ECANCELED;
+	mer_dispatch_job_state(rec, c->now);
+	return 0;
+}
+
+struct lost_scan {
+	const char *site;
+	char (*ids)[MER_JOB_ID_SIZE];
+	size_t n, cap;
+};
+
+static void lost_scan_one(void *arg, const json_t *rec)
+{
+	struct lost_scan *ls = arg;
+	const char *id = json_string_value(json_object_get(rec, "id"));
+	const json_t *s;
+	size_t i;
+
+	if (!id || terminal(json_string_value(json_object_get(rec, "state"))))
+		return;
+	json_array_foreach (json_object_get(rec, "stages"), i, s) {
+		const char *st = json_string_value(json_object_get(s, "state"));
+		if (!is(json_string_value(json_object_get(s, "site")),
+			ls->site) ||
+		    terminal(st) || is(st, MER_ST_PENDING))
+			continue;
+		if (ls->n == ls->cap) {
+			size_t nc = ls->cap ? 2 * ls->cap : 64;
+			void *p = realloc(ls->ids, nc * sizeof(*ls->ids));
+			if (!p)
+				return;
+			ls->ids = p;
+			ls->cap = nc;
+		}
+		snprintf(ls->ids[ls->n++], MER_JOB_ID_SIZE, "%s", id);
+		return;
+	}
+}
+
+/*
+ * A site fell silent: marked lost (the federation snapshot then calls it
+ * down, so nothing new goes there), and the stages it had return to
+ * pending. Finding them takes one scan of the jobs, paid once per loss.
+ */
+static void site_lost(struct mer_broker *b, const char *site)
+{
+	struct lost_scan ls = {.site = site};
+	struct lost_ctx c = {.site = site, .now = (long long)time(NULL)};
+	size_t moved = 0;
+	int rv;
+
+	mer_warn("site lost", "site=%s silent_ms=%lld", site,
+		 (long long)(b->cfg.lost_after * b->cfg.report_interval_ms));
+	if ((rv = mer_broker_site_flag(b, site, "lost", 1)))
+		mer_warn("site lost mark not stored", "site=%s err=%s", site,
+			 mer_errname(rv));
+	mer_broker_fed_invalidate(b);
+	if ((rv = mer_store_scan(b->store, lost_scan_one, &ls)))
+		mer_warn("job scan failed", "err=%s", mer_errname(rv));
+	c.uids = json_array();
+	for (size_t i = 0; c.uids && i < ls.n; i++) {
+		json_t *after = NULL;
+		if (mer_store_update(b->store, ls.ids[i], mutate_lost, &c,
+				     &after) == 0 &&
+		    after && c.moved) {
+			moved += (size_t)c.moved;
+			mer_placer_note(b, after);
+			mer_placer_enqueue(b, ls.ids[i]);
+		}
+		json_decref(after);
+	}
+	stale_add(b, site, c.uids);
+	/* Queued now as well: they wait for the site's next session. */
+	for (size_t i = 0; i < json_array_size(c.uids); i++)
+		queue_cancel(b, site,
+			     json_string_value(json_array_get(c.uids, i)));
+	mer_info("stages of lost site returned to pending",
+		 "site=%s stages=%zu", site, moved);
+	json_decref(c.uids);
+	free(ls.ids);
+}
+
+/* The site reports again after it was lost: no longer lost, and told to
+ * cancel the copies it may still run. */
+static void site_back(struct mer_broker *b, const char *site)
+{
+	char key[KEY_MAX];
+	struct mer_etcd_kv kv = {0};
+	json_t *list = NULL, *v;
+	size_t i;
+	int rv;
+
+	mer_info("site back", "site=%s", site);
+	if ((rv = mer_broker_site_flag(b, site, "lost", 0)))
+		mer_warn("site lost mark not cleared", "site=%s err=%s", site,
+			 mer_errname(rv));
+	mer_broker_fed_invalidate(b);
+	if (!mer_store_key(b->store, key, sizeof(key), "site-stale/%s", site) ||
+	    mer_etcd_get(b->etcd, key, strlen(key), &kv, NULL) != 0)
+		return;
+	list = json_loadb(kv.value, kv.value_len, 0, NULL);
+	json_array_foreach (list, i, v) {
+		queue_cancel(b, site, json_string_value(v));
+		mer_info("stale copy cancel sent", "stage=%s site=%s",
+			 json_string_value(v), site);
+	}
+	/* Commands stay queued until the agent acknowledges them. */
+	mer_etcd_delete_if_mod_revision(b->etcd, key, strlen(key),
+					kv.mod_revision, NULL);
+	json_decref(list);
+	mer_etcd_kv_clear(&kv);
+}
+
+static int site_marked_lost(struct mer_broker *b, const char *site)
+{
+	char key[KEY_MAX];
+	struct mer_etcd_kv kv = {0};
+	int lost = 0;
+
+	if (mer_store_key(b->store, key, sizeof(key), "site-status/%s", site) &&
+	    mer_etcd_get(b->etcd, key, strlen(key), &kv, NULL) == 0) {
+		json_t *o = json_loadb(kv.value, kv.value_len, 0, NULL);
+		lost = json_is_true(json_object_get(o, "lost"));
+		json_decref(o);
+	}
+	mer_etcd_kv_clear(&kv);
+	return lost;
+}
+
+static void watch_seen(struct mer_broker *b, const char *site)
+{
+	int was_lost = 0, check = 0;
+
+	if (!b->watch)
+		return;
+	pthread_mutex_lock(&b->watch->mu);
+	struct watched *e = watch_find(b->watch, site);
+	if (e) {
+		e->seen_ms = mono_ms();
+		was_lost = e->lost;
+		check = !e->checked;
+		e->checked = 1;
+		e->lost = 0;
+	}
+	pthread_mutex_unlock(&b->watch->mu);
+	/* A site lost before this broker started is known from etcd. */
+	if (check && !was_lost)
+		was_lost = site_marked_lost(b, site);
+	if (was_lost)
+		site_back(b, site);
+}
+
+void mer_dispatch_check_sites(struct mer_broker *b)
+{
+	long long limit = b->cfg.lost_after * b->cfg.report_interval_ms;
+	long long now = mono_ms();
+	char(*lost)[MER_LINK_NAME_MAX] = NULL;
+	size_t n = 0;
+
+	if (!b->watch || limit <= 0)
+		return;
+	pthread_mutex_lock(&b->watch->mu);
+	for (size_t i = 0; i < b->watch->n; i++) {
+		struct watched *e = &b->watch->w[i];
+		if (e->lost || now - e->seen_ms <= limit)
+			continue;
+		void *p = realloc(lost, (n + 1) * sizeof(*lost));
+		if (!p)
+			break;
+		lost = p;
+		e->lost = 1;
+		e->checked = 1;
+		snprintf(lost[n++], MER_LINK_NAME_MAX, "%s", e->site);
+	}
+	pthread_mutex_unlock(&b->watch->mu);
+	for (size_t i = 0; i < n; i++)
+		site_lost(b, lost[i]);
+	free(lost);
+}
+
+void mer_dispatch_free_watch(struct mer_broker *b)
+{
+	if (!b->watch)
+		return;
+	pthread_mutex_destroy(&b->watch->mu);
+	free(b->watch->w);
+	free(b->watch);
+	b->watch = NULL;
 }
 
 /* ---- link hooks ------------------------------------------------------------
@@ -490,6 +1124,7 @@ static int hook_report(void *arg, const char *site, json_t *report)
 		free(v);
 		if (rv)
 			return MER_EBUSY;
+		watch_seen(b, site);
 		mer_placer_kick(b);
 		return 0;
 	}
@@ -500,6 +1135,8 @@ static int hook_report(void *arg, const char *site, json_t *report)
 		json_t *ev;
 
 		mer_broker_policy_put(b, pr);
+		json_array_foreach (json_object_get(report, "results"), i, ev)
+			cancel_answered(b, site, ev, limit);
 		json_array_foreach (json_object_get(report, "results"), i, ev)
 			if (!json_is_true(json_object_get(ev, "ok"))) {
 				char *e = mer_json_dumps(
@@ -550,6 +1187,14 @@ int mer_dispatch_start(struct mer_broker *b, char *err, size_t errlen)
 	rv = mer_keypair_load(b->cfg.key_file, &kp, err, errlen);
 	if (rv)
 		return rv;
+	if (!b->watch) {
+		b->watch = calloc(1, sizeof(*b->watch));
+		if (!b->watch) {
+			mer_keypair_wipe(&kp);
+			return MER_ENOMEM;
+		}
+		pthread_mutex_init(&b->watch->mu, NULL);
+	}
 	/* Kept in b: the server may hold on to the ops. */
 	b->link_ops = (struct mer_link_server_ops){.check_key = hook_check_key,
 						   .join = hook_join,

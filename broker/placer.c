@@ -2,9 +2,11 @@
  * The placer: one thread that places submitted jobs with the engine
  * (policy/place.h) against the federation the broker knows, writes each
  * placement into the job record with a txn guarded by the record's
- * revision, and retries jobs left pending as capacity or policy changes.
- * It also keeps the job-state counts behind /metrics. Dispatch to agents
- * is not here.
+ * revision, and retries jobs left pending as capacity or policy changes
+ * (stages sent back by a retry, a lost site or preemption are placed again
+ * around the fixed ones). It also keeps the job-state counts behind
+ * /metrics, the live preemptible stages and the learned history in
+ * memory. Dispatch to agents is not here.
  */
 #include "broker/broker.h"
 
@@ -108,6 +110,201 @@ static struct jt_entry *jt_find(struct job_table *t, const char *id, int add)
 	return &t->e[j];
 }
 
+/* ---- live preemptible stages ---------------------------------------------
+ * The agents do not know classes, so the broker adds what its own
+ * preemptible stages hold to each site's summary (the engine may then
+ * count it for classes allowed to preempt), and picks the victims when a
+ * placement relies on it. Kept from every record the placer is told of. */
+
+struct pre_stage {
+	char job[MER_JOB_ID_SIZE];
+	char stage[128];
+	char site[MER_LINK_NAME_MAX];
+	char gpu_model[64];
+	int prio;
+	double cpu, mem, gpu; /* whole stage: per replica x replicas */
+	long long since;      /* placed_at: newest are preempted first */
+};
+
+struct pre_table {
+	struct pre_stage *e;
+	size_t n, cap;
+};
+
+static const json_t *spec_stage(const json_t *rec, const char *name)
+{
+	const json_t *v;
+	size_t i;
+
+	json_array_foreach (
+	    json_object_get(json_object_get(rec, "spec"), "stages"), i, v) {
+		const char *n = json_string_value(json_object_get(v, "name"));
+		if (n && name && strcmp(n, name) == 0)
+			return v;
+	}
+	return NULL;
+}
+
+/* pmu held. */
+static void pre_note(struct mer_broker *b, const json_t *rec, const char *id)
+{
+	struct pre_table *t = b->pre;
+	const json_t *s;
+	size_t i, k = 0;
+	int prio = -1;
+
+	if (!t && !(t = b->pre = calloc(1, sizeof(*b->pre))))
+		return;
+	for (i = 0; i < t->n; i++)
+		if (strcmp(t->e[i].job, id) != 0)
+			t->e[k++] = t->e[i];
+	t->n = k;
+	if (mer_prio_parse(json_string_value(json_object_get(rec, "priority")),
+			   &prio) != 0)
+		return;
+	json_array_foreach (json_object_get(rec, "stages"), i, s) {
+		const char *st = json_string_value(json_object_get(s, "state"));
+		const char *name =
+		    json_string_value(json_object_get(s, "name"));
+		const char *site =
+		    json_string_value(json_object_get(s, "site"));
+		const json_t *sp = spec_stage(rec, name);
+		if (!st || !site || !sp ||
+		    !json_is_true(json_object_get(sp, "preemptible")) ||
+		    json_is_true(json_object_get(s, "cancel_requested")) ||
+		    !(strcmp(st, MER_ST_PLACED) == 0 ||
+		      strcmp(st, MER_ST_DISPATCHED) == 0 ||
+		      strcmp(st, MER_ST_RUNNING) == 0))
+			continue;
+		if (t->n == t->cap) {
+			size_t nc = t->cap ? 2 * t->cap : 32;
+			void *p = realloc(t->e, nc * sizeof(*t->e));
+			if (!p)
+				return;
+			t->e = p;
+			t->cap = nc;
+		}
+		struct pre_stage *e = &t->e[t->n++];
+		const json_t *res = json_object_get(sp, "resources");
+		const json_t *gpu = json_object_get(res, "gpu");
+		json_int_t reps =
+		    json_integer_value(json_object_get(sp, "replicas"));
+		double r = reps > 0 ? (double)reps : 1;
+		memset(e, 0, sizeof(*e));
+		snprintf(e->job, sizeof(e->job), "%s", id);
+		snprintf(e->stage, sizeof(e->stage), "%s", name);
+		snprintf(e->site, sizeof(e->site), "%s", site);
+		/* The first acceptable model: the one the launch asks for. */
+		snprintf(e->gpu_model, sizeof(e->gpu_model), "%s",
+			 json_string_value(
+			     json_array_get(json_object_get(gpu, "models"), 0))
+			     ? json_string_value(json_array_get(
+				   json_object_get(gpu, "models"), 0))
+			     : "");
+		e->prio = prio;
+		e->cpu = json_number_value(json_object_get(res, "cpu")) * r;
+		e->mem =
+		    json_number_value(json_object_get(res, "memory_mb")) * r;
+		e->gpu =
+		    (double)json_integer_value(json_object_get(gpu, "count")) *
+		    r;
+		e->since = json_integer_value(json_object_get(s, "placed_at"));
+	}
+}
+
+/* Adds amount of class prio to the first pool of s with resource kind. */
+static void pre_add(json_t *s, const char *kind, int prio, double amount)
+{
+	json_t *pool;
+	size_t i;
+
+	if (amount <= 0)
+		return;
+	json_array_foreach (json_object_get(s, "pools"), i, pool) {
+		json_t *r =
+		    json_object_get(json_object_get(pool, "resources"), kind);
+		if (!json_is_object(r))
+			continue;
+		json_t *pre = json_object_get(r, "preemptible");
+		if (!json_is_object(pre)) {
+			pre = json_object();
+			json_object_set_new(r, "preemptible", pre);
+		}
+		const char *cl = mer_prio_name(prio);
+		double old = json_number_value(json_object_get(pre, cl));
+		json_object_set_new(pre, cl, json_real(old + amount));
+		return;
+	}
+}
+
+void mer_placer_add_preemptible(struct mer_broker *b, const char *site,
+				json_t *s)
+{
+	pthread_mutex_lock(&b->pmu);
+	for (size_t i = 0; b->pre && i < b->pre->n; i++) {
+		const struct pre_stage *e = &b->pre->e[i];
+		char kind[80];
+		if (strcmp(e->site, site) != 0)
+			continue;
+		pre_add(s, "cpu", e->prio, e->cpu);
+		pre_add(s, "memory_mb", e->prio, e->mem);
+		if (e->gpu_model[0]) {
+			snprintf(kind, sizeof(kind), "gpu:%s", e->gpu_model);
+			pre_add(s, kind, e->prio, e->gpu);
+		}
+	}
+	pthread_mutex_unlock(&b->pmu);
+}
+
+static int pre_newest_first(const void *a, const void *b)
+{
+	const struct pre_stage *x = a, *y = b;
+	return x->since < y->since ? 1 : x->since > y->since ? -1 : 0;
+}
+
+/*
+ * A placement at site relies on preemption: the stages it may displace
+ * there (classes the policy lets prio preempt; least urgent class first,
+ * newest first within it) are sent back to pending until what they free
+ * covers the stage's GPUs (or, for a stage without GPUs, its cores).
+ */
+static void preempt_for(struct mer_broker *b, const struct mer_policy *pol,
+			int prio, const char *site, double cpu, double gpu,
+			const char *by)
+{
+	struct pre_stage *v = NULL;
+	size_t n = 0;
+
+	pthread_mutex_lock(&b->pmu);
+	if (b->pre && b->pre->n)
+		v = calloc(b->pre->n, sizeof(*v));
+	for (size_t i = 0; v && i < b->pre->n; i++) {
+		const struct pre_stage *e = &b->pre->e[i];
+		if (strcmp(e->site, site) == 0 && pol->preempt[prio][e->prio])
+			v[n++] = *e;
+	}
+	pthread_mutex_unlock(&b->pmu);
+	if (n)
+		qsort(v, n, sizeof(*v), pre_newest_first);
+	double freed_cpu = 0, freed_gpu = 0;
+	for (int cl = MER_PRIO_COUNT - 1; cl >= 0; cl--) {
+		for (size_t i = 0; i < n; i++) {
+			if (v[i].prio != cl)
+				continue;
+			if (gpu > 0 ? freed_gpu >= gpu : freed_cpu >= cpu)
+				break;
+			if (gpu > 0 && v[i].gpu <= 0)
+				continue;
+			if (mer_dispatch_preempt(b, v[i].job, v[i].stage, site,
+						 by) == 0) {
+				freed_cpu += v[i].cpu;
+				freed_gpu += v[i].gpu;
+			}
+		}
+	}
+	free(v);
+}
+
 void mer_placer_note(struct mer_broker *b, const json_t *rec)
 {
 	const char *id = json_string_value(json_object_get(rec, "id"));
@@ -122,6 +319,7 @@ void mer_placer_note(struct mer_broker *b, const json_t *rec)
 	if (!b->jobs)
 		b->jobs = calloc(1, sizeof(*b->jobs));
 	e = b->jobs ? jt_find(b->jobs, id, 1) : NULL;
+	pre_note(b, rec, id);
 	if (e) {
 		const char *tn =
 		    json_string_value(json_object_get(rec, "tenant"));
@@ -212,16 +410,44 @@ struct place_ctx {
 	int changed;
 };
 
+static int is_state(const json_t *o, const char *st)
+{
+	const char *v = json_string_value(json_object_get(o, "state"));
+	return v && strcmp(v, st) == 0;
+}
+
+static int terminal_state(const json_t *o)
+{
+	return is_state(o, MER_ST_SUCCEEDED) || is_state(o, MER_ST_FAILED) ||
+	       is_state(o, MER_ST_CANCELLED);
+}
+
+/* Does the job wait for the placer: not ended, not being cancelled, and
+ * a stage pending (first placement, or returned by a retry or a lost
+ * site)? */
+static int wants_placement(const json_t *rec)
+{
+	const json_t *s;
+	size_t i;
+
+	if (terminal_state(rec) ||
+	    json_is_true(json_object_get(rec, "cancel_requested")))
+		return 0;
+	json_array_foreach (json_object_get(rec, "stages"), i, s)
+		if (is_state(s, MER_ST_PENDING))
+			return 1;
+	return 0;
+}
+
 static int mutate_placed(void *arg, json_t *rec)
 {
 	struct place_ctx *c = arg;
 	const struct mer_placement *pl = c->pl;
 	json_t *stages = json_object_get(rec, "stages");
-	const char *st = json_string_value(json_object_get(rec, "state"));
 
-	/* Only a job still pending may be placed: a cancel (or another
+	/* Only stages still pending may be placed: a cancel (or another
 	 * broker) that got there first wins. */
-	if (!st || strcmp(st, MER_ST_PENDING) != 0)
+	if (!wants_placement(rec))
 		return MER_ECANCELED;
 	if (json_array_size(stages) != pl->nstages)
 		return MER_EPROTO;
@@ -229,7 +455,8 @@ static int mutate_placed(void *arg, json_t *rec)
 		for (size_t i = 0; i < pl->nstages; i++) {
 			json_t *s = json_array_get(stages, i);
 			const struct mer_stage_result *r = &pl->stages[i];
-			if (r->site < 0)
+			if (r->site < 0 || r->status != MER_STAGE_PLACED ||
+			    !is_state(s, MER_ST_PENDING))
 				continue;
 			json_object_set_new(
 			    s, "site",
@@ -239,19 +466,22 @@ static int mutate_placed(void *arg, json_t *rec)
 			json_object_set_new(s, "placed_at",
 					    json_integer(c->now));
 			json_object_del(s, "reason");
+			json_object_del(s, "pending_since");
 		}
-		json_object_set_new(rec, "state", json_string(MER_ST_PLACED));
 	} else {
-		int changed = 0;
+		int changed = 0, timeout = 0;
 		long long created =
 		    json_integer_value(json_object_get(rec, "created_at"));
-		int timeout = c->pending_timeout_s > 0 &&
-			      (double)(c->now - created) > c->pending_timeout_s;
 		for (size_t i = 0; i < pl->nstages; i++) {
 			json_t *s = json_array_get(stages, i);
+			if (!is_state(s, MER_ST_PENDING))
+				continue;
 			const char *old =
 			    json_string_value(json_object_get(s, "reason"));
 			const char *note = pl->stages[i].note;
+			json_t *since = json_object_get(s, "pending_since");
+			long long from =
+			    since ? json_integer_value(since) : created;
 			if (pl->stages[i].status != MER_STAGE_PENDING)
 				note = "";
 			if (!old || strcmp(old, note) != 0) {
@@ -259,13 +489,18 @@ static int mutate_placed(void *arg, json_t *rec)
 						    json_string(note));
 				changed = 1;
 			}
-			if (timeout)
+			/* Pending since submission, or since it was sent
+			 * back (retry, lost site). */
+			if (c->pending_timeout_s > 0 &&
+			    (double)(c->now - from) > c->pending_timeout_s) {
 				json_object_set_new(s, "state",
 						    json_string(MER_ST_FAILED));
+				json_object_set_new(s, "finished_at",
+						    json_integer(c->now));
+				timeout = 1;
+			}
 		}
 		if (timeout) {
-			json_object_set_new(rec, "state",
-					    json_string(MER_ST_FAILED));
 			json_object_set_new(
 			    rec, "error",
 			    json_string("pending timeout: no site could "
@@ -277,6 +512,7 @@ static int mutate_placed(void *arg, json_t *rec)
 		if (!changed)
 			return MER_ECANCELED;
 	}
+	mer_dispatch_job_state(rec, c->now);
 	json_object_set(rec, "placement", c->expl);
 	json_object_set_new(rec, "updated_at", json_integer(c->now));
 	c->changed = 1;
@@ -323,11 +559,169 @@ static long long usage_of(struct mer_broker *b, const long long *u, size_t n,
 	return v;
 }
 
+static int fed_has(const struct mer_fed *fed, const char *site)
+{
+	for (size_t i = 0; i < fed->nsites; i++)
+		if (strcmp(fed->sites[i].name, site) == 0)
+			return 1;
+	return 0;
+}
+
+/* ---- learned history ------------------------------------------------------
+ * A copy of "<p>/history/" in memory (loaded at start, kept by
+ * mer_placer_history_note), so that placing a job costs no etcd read. */
+
+struct hist_entry {
+	char tenant[MER_TENANT_NAME_MAX];
+	char job[128], stage[128], site[MER_LINK_NAME_MAX];
+	double runtime_s, wait_s, samples;
+};
+
+struct hist_cache {
+	struct hist_entry *e;
+	size_t n, cap;
+};
+
+/* pmu held. */
+static void hist_put(struct mer_broker *b, const char *tenant, const char *job,
+		     const char *stage, const char *site, const json_t *o)
+{
+	struct hist_cache *h = b->hist;
+	struct hist_entry *e = NULL;
+
+	if (!h && !(h = b->hist = calloc(1, sizeof(*b->hist))))
+		return;
+	for (size_t i = 0; i < h->n && !e; i++)
+		if (strcmp(h->e[i].tenant, tenant) == 0 &&
+		    strcmp(h->e[i].job, job) == 0 &&
+		    strcmp(h->e[i].stage, stage) == 0 &&
+		    strcmp(h->e[i].site, site) == 0)
+			e = &h->e[i];
+	if (!e) {
+		if (h->n == h->cap) {
+			size_t nc = h->cap ? 2 * h->cap : 64;
+			void *p = realloc(h->e, nc * sizeof(*h->e));
+			if (!p)
+				return;
+			h->e = p;
+			h->cap = nc;
+		}
+		e = &h->e[h->n++];
+		memset(e, 0, sizeof(*e));
+		snprintf(e->tenant, sizeof(e->tenant), "%s", tenant);
+		snprintf(e->job, sizeof(e->job), "%s", job);
+		snprintf(e->stage, sizeof(e->stage), "%s", stage);
+		snprintf(e->site, sizeof(e->site), "%s", site);
+	}
+	json_t *w = json_object_get(o, "wait_s");
+	e->runtime_s = json_number_value(json_object_get(o, "runtime_s"));
+	e->wait_s = w ? json_number_value(w) : -1;
+	e->samples = json_number_value(json_object_get(o, "samples"));
+}
+
+void mer_placer_history_note(struct mer_broker *b, const char *tenant,
+			     const char *job, const char *stage,
+			     const char *site, const json_t *o)
+{
+	pthread_mutex_lock(&b->pmu);
+	hist_put(b, tenant, job, stage, site, o);
+	pthread_mutex_unlock(&b->pmu);
+}
+
+/* Reads "<p>/history/<tenant>/<job>/<stage>/<site>" keys (pages of 500). */
+static void history_load_all(struct mer_broker *b)
+{
+	char prefix[200], after[600] = "";
+	size_t plen =
+		   mer_store_key(b->store, prefix, sizeof(prefix), "history/"),
+	       alen = 0, total = 0;
+
+	for (;;) {
+		struct mer_etcd_range r = {0};
+		if (!plen || mer_etcd_range_prefix(b->etcd, prefix, plen,
+						   alen ? after : NULL, alen,
+						   500, 0, 0, &r, NULL) != 0)
+			return;
+		for (size_t i = 0; i < r.n; i++) {
+			char *parts[4], *save = NULL, key[600];
+			snprintf(key, sizeof(key), "%s", r.kvs[i].key + plen);
+			int k = 0;
+			for (char *t = strtok_r(key, "/", &save); t && k < 4;
+			     t = strtok_r(NULL, "/", &save))
+				parts[k++] = t;
+			json_t *o = json_loadb(r.kvs[i].value,
+					       r.kvs[i].value_len, 0, NULL);
+			if (k == 4 && json_is_object(o)) {
+				pthread_mutex_lock(&b->pmu);
+				hist_put(b, parts[0], parts[1], parts[2],
+					 parts[3], o);
+				pthread_mutex_unlock(&b->pmu);
+				total++;
+			}
+			json_decref(o);
+		}
+		int more = r.more && r.n;
+		if (more) {
+			alen = r.kvs[r.n - 1].key_len < sizeof(after)
+				   ? r.kvs[r.n - 1].key_len
+				   : 0;
+			memcpy(after, r.kvs[r.n - 1].key, alen);
+		}
+		mer_etcd_range_clear(&r);
+		if (!more || !alen)
+			break;
+	}
+	if (total)
+		mer_info("history loaded", "entries=%zu", total);
+}
+
+/* The engine's history entries for one job name; they point into h. */
+struct hist_buf {
+	struct mer_history_entry *e;
+	char (*keys)[2][200];
+	size_t n;
+};
+
+static void history_for(struct mer_broker *b, const char *tenant,
+			const char *name, struct hist_buf *out)
+{
+	memset(out, 0, sizeof(*out));
+	pthread_mutex_lock(&b->pmu);
+	struct hist_cache *h = b->hist;
+	size_t n = 0;
+	for (size_t i = 0; h && i < h->n; i++)
+		n += strcmp(h->e[i].tenant, tenant) == 0 &&
+		     strcmp(h->e[i].job, name) == 0;
+	if (n) {
+		out->e = calloc(n, sizeof(*out->e));
+		out->keys = calloc(n, sizeof(*out->keys));
+	}
+	for (size_t i = 0; out->e && out->keys && i < h->n; i++) {
+		const struct hist_entry *x = &h->e[i];
+		if (strcmp(x->tenant, tenant) != 0 || strcmp(x->job, name) != 0)
+			continue;
+		struct mer_history_entry *e = &out->e[out->n];
+		snprintf(out->keys[out->n][0], 200, "job:%s/%s", name,
+			 x->stage);
+		snprintf(out->keys[out->n][1], 200, "%s", x->site);
+		e->key = out->keys[out->n][0];
+		e->site = out->keys[out->n][1];
+		e->runtime_s = x->runtime_s;
+		e->wait_s = x->wait_s;
+		e->samples = x->samples;
+		out->n++;
+	}
+	pthread_mutex_unlock(&b->pmu);
+}
+
 static void place_one(struct mer_broker *b, struct mer_engine *eng,
+		      const struct mer_fed *fed,
 		      const struct mer_policy_ref *pr, const long long *usage,
 		      size_t nusage, const char *id)
 {
 	json_t *rec = NULL, *after = NULL;
+	struct mer_stage_fix *fixed = NULL;
+	struct hist_buf hist = {0};
 	struct mer_job *job = NULL;
 	struct mer_placement *pl = NULL;
 	char err[512];
@@ -339,8 +733,7 @@ static void place_one(struct mer_broker *b, struct mer_engine *eng,
 			 mer_errname(rv));
 		return;
 	}
-	const char *st = json_string_value(json_object_get(rec, "state"));
-	if (!st || strcmp(st, MER_ST_PENDING) != 0) {
+	if (!wants_placement(rec)) {
 		mer_placer_note(b, rec);
 		goto out;
 	}
@@ -352,8 +745,32 @@ static void place_one(struct mer_broker *b, struct mer_engine *eng,
 	}
 	struct mer_usage use = {.concurrent_stages =
 				    usage_of(b, usage, nusage, job->tenant)};
-	struct mer_place_input in = {
-	    .job = job, .usage = &use, .now = (long long)time(NULL)};
+	/* Stages that have a site keep it: only the pending ones are
+	 * placed (again), next to where the others run or ran. */
+	json_t *st_arr = json_object_get(rec, "stages"), *sv;
+	size_t i, nfixed = 0;
+	fixed = calloc(json_array_size(st_arr) + 1, sizeof(*fixed));
+	if (!fixed)
+		goto out;
+	json_array_foreach (st_arr, i, sv) {
+		const char *site =
+		    json_string_value(json_object_get(sv, "site"));
+		if (is_state(sv, MER_ST_PENDING) || !site ||
+		    !fed_has(fed, site))
+			continue;
+		fixed[nfixed++] = (struct mer_stage_fix){
+		    .stage = json_string_value(json_object_get(sv, "name")),
+		    .site = site,
+		    .finished = is_state(sv, MER_ST_SUCCEEDED)};
+	}
+	history_for(b, job->tenant ? job->tenant : "", job->name, &hist);
+	struct mer_place_input in = {.job = job,
+				     .usage = &use,
+				     .history = hist.e,
+				     .nhistory = hist.n,
+				     .fixed = fixed,
+				     .nfixed = nfixed,
+				     .now = (long long)time(NULL)};
 	if ((rv = mer_engine_place(eng, &in, 1, &pl))) {
 		mer_warn("placement failed", "job=%s err=%s", id,
 			 mer_errname(rv));
@@ -372,7 +789,27 @@ static void place_one(struct mer_broker *b, struct mer_engine *eng,
 	json_decref(c.expl);
 	if (rv == 0 && after) {
 		mer_placer_note(b, after);
+		if (c.changed &&
+		    is_state(after, MER_ST_FAILED)) /* pending timeout */
+			mer_dispatch_resend(b, after);
 		if (c.changed && pl->complete) {
+			for (size_t i = 0; i < pl->nstages; i++) {
+				const struct mer_stage_result *r =
+				    &pl->stages[i];
+				const struct mer_stage *js = &job->stages[i];
+				char by[200];
+				if (r->status != MER_STAGE_PLACED ||
+				    !r->preempts || r->site < 0)
+					continue;
+				snprintf(by, sizeof(by), "%s/%s", id, js->name);
+				preempt_for(
+				    b, pr->pol, job->priority,
+				    fed->sites[r->site].name,
+				    js->cpu * (js->replicas ? js->replicas : 1),
+				    js->gpu_count *
+					(js->replicas ? js->replicas : 1),
+				    by);
+			}
 			mer_metrics_inc(b->metrics, MER_C_PLACEMENTS, 1);
 			mer_info("job placed", "job=%s method=%s", id,
 				 pl->method);
@@ -385,7 +822,10 @@ static void place_one(struct mer_broker *b, struct mer_engine *eng,
 	mer_metrics_observe(b->metrics, MER_H_PLACEMENT, mono_s() - t0);
 out:
 	json_decref(after);
+	free(fixed);
 	mer_placement_free(pl);
+	free(hist.e);
+	free(hist.keys);
 	mer_job_free(job);
 	json_decref(rec);
 }
@@ -412,8 +852,17 @@ static void place_round(struct mer_broker *b, char (*ids)[MER_JOB_ID_SIZE],
 	 * round's own placements take. */
 	size_t nusage = 0;
 	long long *usage = tenant_usage(b, &nusage);
-	for (size_t i = 0; i < n; i++)
-		place_one(b, eng, pr, usage, nusage, ids[i]);
+	for (size_t i = 0; i < n; i++) {
+		if (i % 64 == 63) {
+			/* a long round must not hold up shutdown */
+			pthread_mutex_lock(&b->pmu);
+			int stop = b->pstop;
+			pthread_mutex_unlock(&b->pmu);
+			if (stop)
+				break;
+		}
+		place_one(b, eng, fr->fed, pr, usage, nusage, ids[i]);
+	}
 	free(usage);
 out:
 	mer_engine_free(eng);
@@ -437,10 +886,19 @@ static void recover_one(void *arg, const json_t *rec)
 	 * launch what became ready. */
 	mer_dispatch_resend(r->b, rec);
 	if (st && r->b->link &&
-	    (strcmp(st, MER_ST_PLACED) == 0 || strcmp(st, MER_ST_RUNNING) == 0))
+	    (strcmp(st, MER_ST_PLACED) == 0 ||
+	     strcmp(st, MER_ST_RUNNING) == 0 ||
+	     strcmp(st, MER_ST_PENDING) == 0))
 		mer_dispatch_job(r->b,
 				 json_string_value(json_object_get(rec, "id")));
-	if (st && strcmp(st, MER_ST_PENDING) == 0) {
+	json_t *s;
+	size_t i;
+	json_array_foreach (json_object_get(rec, "stages"), i, s)
+		if (!terminal_state(s) && !is_state(s, MER_ST_PENDING))
+			mer_dispatch_watch(
+			    r->b,
+			    json_string_value(json_object_get(s, "site")));
+	if (wants_placement(rec)) {
 		r->pending++;
 		mer_placer_enqueue(
 		    r->b, json_string_value(json_object_get(rec, "id")));
@@ -453,6 +911,7 @@ static void *placer_main(void *arg)
 	char(*ids)[MER_JOB_ID_SIZE] = NULL;
 	size_t nids = 0, capids = 0;
 
+	history_load_all(b);
 	/* Resume: every job etcd has is counted; pending ones placed. */
 	struct recover rc = {.b = b};
 	int rv = mer_store_scan(b->store, recover_one, &rc);
@@ -478,6 +937,11 @@ static void *placer_main(void *arg)
 		}
 		retry_all |= b->kick;
 		b->kick = 0;
+		pthread_mutex_unlock(&b->pmu);
+		mer_dispatch_check_sites(b);
+		pthread_mutex_lock(&b->pmu);
+		if (b->pstop)
+			break;
 		nids = 0;
 		/* Take the queue, and with a retry every pending job. */
 		size_t want = b->nqueue;
@@ -500,7 +964,12 @@ static void *placer_main(void *arg)
 			size_t i = 0, k = t->retry_from % t->cap, taken = 0;
 			for (; i < t->cap && taken < RETRY_BATCH; i++) {
 				struct jt_entry *e = &t->e[(k + i) % t->cap];
-				if (e->id[0] && e->state == 0) {
+				/* pending, or running with a stage sent back
+				 * to pending */
+				if (e->id[0] &&
+				    (e->state == 0 ||
+				     (e->state >= 1 && e->state <= 3 &&
+				      e->stages[0] > 0))) {
 					memcpy(ids[nids++], e->id,
 					       MER_JOB_ID_SIZE);
 					taken++;
@@ -542,6 +1011,16 @@ void mer_placer_stop(struct mer_broker *b)
 
 void mer_placer_free_table(struct mer_broker *b)
 {
+	if (b->hist) {
+		free(b->hist->e);
+		free(b->hist);
+		b->hist = NULL;
+	}
+	if (b->pre) {
+		free(b->pre->e);
+		free(b->pre);
+		b->pre = NULL;
+	}
 	if (b->jobs) {
 		free(b->jobs->e);
 		free(b->jobs->tenants);

@@ -1,0 +1,566 @@
+/*
+ * Failure handling with real agents (docs/STATE.md "Lost sites", "Retries"):
+ * a real etcd, bin/meridian-broker with its link, and two sim agents.
+ *  - an agent SIGKILLed mid-stage: its site is marked lost after
+ *    sites.lost_after silent report intervals, the stage is placed again on
+ *    the other site and the job succeeds; the dead agent, restarted, is
+ *    told to cancel its stale copy and acknowledges it (the entry in the
+ *    stage's "stale" list gets cancel_acked);
+ *  - an agent that restarts quickly reports its stage lost: the stage is
+ *    retried (a new attempt, placed again) and the job succeeds; the
+ *    finished stage's runtime is in the learned history in etcd;
+ *  - an online stage preempts a preemptible best-effort one, which is
+ *    cancelled, placed again and still succeeds;
+ *  - the policy's pending timeout fails a job no site takes, capacity that
+ *    returns in time places it, and a stage with no retries left fails.
+ */
+#include "tests/integration/broker_fixture.h"
+
+#include <sodium.h>
+
+#include "common/err.h"
+#include "tests/harness.h"
+
+static struct bfx F;
+static struct t_proc *agents[2];
+static const char *site_names[2] = {"sim-a", "sim-b"};
+static const char *site_regions[2] = {"eu-west-1", "us-east-1"};
+
+static const char *nz(const char *s)
+{
+	return s ? s : "";
+}
+
+/* Starts agent i again with its config and state (it has joined). */
+static int respawn_agent(int i)
+{
+	char cfg[600], log[600], bin[600];
+	const char *dir = getenv("MERIDIAN_BIN");
+
+	snprintf(cfg, sizeof(cfg), "%s/%s.json", F.dir, site_names[i]);
+	snprintf(log, sizeof(log), "%s/%s.log", F.dir, site_names[i]);
+	snprintf(bin, sizeof(bin), "%s/meridian-agent",
+		 dir && *dir ? dir : "bin");
+	char *argv[] = {bin, "--config", cfg, NULL};
+	return t_proc_spawn(bin, argv, NULL, log, &agents[i]);
+}
+
+static int start_agent(int i)
+{
+	char cfg[600], text[4096], log[600], bin[600], sim[600];
+	const char *dir = getenv("MERIDIAN_BIN");
+	struct bres r;
+	int rv;
+
+	snprintf(text, sizeof(text),
+		 "{\"site\": \"%s\", \"region\": \"%s\", \"ttl\": \"10m\"}",
+		 site_names[i], site_regions[i]);
+	if ((rv = bfx_req(&F, "POST", "/v1/tokens", BFX_ADMIN, text, NULL,
+			  &r)) ||
+	    r.status != 201) {
+		bres_clear(&r);
+		return rv ? rv : MER_EREMOTE;
+	}
+	char token[128], fp[96];
+	snprintf(token, sizeof(token), "%s", nz(bres_str(&r, "token")));
+	snprintf(fp, sizeof(fp), "%s", nz(bres_str(&r, "broker_key")));
+	bres_clear(&r);
+	snprintf(sim, sizeof(sim), "%s/tests/fixtures/broker/sim-site.json",
+		 bfx_top());
+	snprintf(cfg, sizeof(cfg), "%s/%s.json", F.dir, site_names[i]);
+	snprintf(text, sizeof(text),
+		 "{\"site\": {\"name\": \"%s\", \"region\": \"%s\"},"
+		 " \"scheduler\": {\"kind\": \"sim\", \"sim_file\": \"%s\","
+		 " \"time_scale\": 100},"
+		 " \"prices\": {\"gpu_hour\": {\"a100\": %s}, "
+		 "\"core_hour\": 0.01},"
+		 " \"agent\": {\"state_file\": \"%s/%s.state\","
+		 " \"key_file\": \"%s/%s.key\", \"broker\": \"%s\","
+		 " \"broker_key\": \"%s\", \"report_interval\": \"1s\","
+		 " \"poll_interval\": \"200ms\"}}",
+		 site_names[i], site_regions[i], sim, i ? "2.5" : "2.0", F.dir,
+		 site_names[i], F.dir, site_names[i], F.link, fp);
+	if ((rv = bfx_write(cfg, text)))
+		return rv;
+	snprintf(bin, sizeof(bin), "%s/meridian-agent",
+		 dir && *dir ? dir : "bin");
+	snprintf(log, sizeof(log), "%s/%s.log", F.dir, site_names[i]);
+	char *jargv[] = {
+	    bin,   "join",	   "--broker", F.link,	   "--token",
+	    token, "--broker-key", fp,	       "--config", cfg,
+	    NULL};
+	struct t_proc *j;
+	int status = 0;
+	if ((rv = t_proc_spawn(bin, jargv, NULL, log, &j)))
+		return rv;
+	for (int k = 0; k < 200 && !t_proc_exited(j, &status); k++)
+		t_sleep_ms(50);
+	t_proc_stop(j, 1000, &status);
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		return MER_EAUTH;
+	return respawn_agent(i);
+}
+
+static int site_reported(const char *name)
+{
+	struct bres r;
+	char path[128];
+	int ok;
+
+	snprintf(path, sizeof(path), "/v1/sites/%s", name);
+	if (bfx_req(&F, "GET", path, BFX_ADMIN, NULL, NULL, &r))
+		return 0;
+	ok = r.status == 200 &&
+	     json_is_object(json_object_get(r.json, "summary"));
+	bres_clear(&r);
+	return ok;
+}
+
+static void dump_logs(void)
+{
+	char path[700], *log = NULL;
+	const char *names[] = {"broker", "sim-a", "sim-b"};
+
+	for (int i = 0; i < 3; i++) {
+		snprintf(path, sizeof(path), "%s/%s.log", F.dir, names[i]);
+		if (t_read_file(path, &log, NULL) == 0)
+			fprintf(stderr, "--- %s ---\n%s\n", names[i], log);
+		free(log);
+		log = NULL;
+	}
+}
+
+static long long ival(const json_t *o, const char *k)
+{
+	return json_integer_value(json_object_get(o, k));
+}
+
+static void teardown(void)
+{
+	for (int i = 0; i < 2; i++)
+		t_proc_stop(agents[i], 1000, NULL);
+	if (F.etcd)
+		bfx_free(&F);
+}
+
+static const char *JOB_LONG =
+    "{\"name\": \"%s\", \"constraints\": {\"sites\": {\"allow\": "
+    "[\"sim-a\", \"sim-b\"]}}, \"stages\": [{\"name\": \"work\", "
+    "\"kind\": \"generic\", \"resources\": {\"cpu\": 2, "
+    "\"memory_mb\": 1024}, \"duration_s\": 800, \"command\": "
+    "[\"work\"]}]}";
+
+static int site_index(const char *name)
+{
+	return name && strcmp(name, "sim-b") == 0 ? 1 : 0;
+}
+
+/* GETs the job; *out gets the record (new reference). */
+static int get_job(const char *id, json_t **out)
+{
+	struct bres r;
+	char path[128];
+	int rv;
+
+	snprintf(path, sizeof(path), "/v1/jobs/%s", id);
+	if ((rv = bfx_req(&F, "GET", path, BFX_ACME, NULL, NULL, &r)))
+		return rv;
+	*out = r.status == 200 ? json_incref(r.json) : NULL;
+	bres_clear(&r);
+	return *out ? 0 : MER_EREMOTE;
+}
+
+static json_t *stage0(json_t *job)
+{
+	return json_array_get(json_object_get(job, "stages"), 0);
+}
+
+/* Waits until the job's stage is running; site gets where. */
+static int wait_running(const char *id, char *site, size_t n)
+{
+	long long end = t_now_ms() + 30000;
+	while (t_now_ms() < end) {
+		json_t *job = NULL;
+		if (get_job(id, &job) == 0) {
+			json_t *s = stage0(job);
+			const char *st =
+			    json_string_value(json_object_get(s, "state"));
+			if (st && strcmp(st, "running") == 0) {
+				snprintf(site, n, "%s",
+					 nz(json_string_value(
+					     json_object_get(s, "site"))));
+				json_decref(job);
+				return 0;
+			}
+		}
+		json_decref(job);
+		t_sleep_ms(100);
+	}
+	return MER_ETIMEDOUT;
+}
+
+static json_t *wait_done(const char *id, long long ms)
+{
+	long long end = t_now_ms() + ms;
+	while (t_now_ms() < end) {
+		json_t *job = NULL;
+		if (get_job(id, &job) == 0) {
+			const char *st =
+			    json_string_value(json_object_get(job, "state"));
+			if (st && (strcmp(st, "succeeded") == 0 ||
+				   strcmp(st, "failed") == 0 ||
+				   strcmp(st, "cancelled") == 0))
+				return job;
+		}
+		json_decref(job);
+		t_sleep_ms(200);
+	}
+	return NULL;
+}
+
+static int submit(const char *name, char id[64])
+{
+	char body[1024];
+	struct bres r;
+	int rv;
+
+	snprintf(body, sizeof(body), JOB_LONG, name);
+	if ((rv = bfx_req(&F, "POST", "/v1/jobs", BFX_ACME, body, NULL, &r)))
+		return rv;
+	rv = r.status == 201 ? 0 : MER_EREMOTE;
+	snprintf(id, 64, "%s", nz(bres_str(&r, "id")));
+	bres_clear(&r);
+	return rv;
+}
+
+static int site_lost_flag(const char *name)
+{
+	struct bres r;
+	char path[128];
+	int lost = -1;
+
+	snprintf(path, sizeof(path), "/v1/sites/%s", name);
+	if (bfx_req(&F, "GET", path, BFX_ADMIN, NULL, NULL, &r))
+		return -1;
+	if (r.status == 200)
+		lost = json_is_true(json_object_get(r.json, "lost"));
+	bres_clear(&r);
+	return lost;
+}
+
+static void test_setup(void)
+{
+	if (sodium_init() < 0)
+		return;
+	curl_global_init(CURL_GLOBAL_DEFAULT);
+	atexit(teardown);
+	T_OK(bfx_start_opts(&F,
+			    "\"placement\": {\"interval\": \"300ms\"},"
+			    " \"sites\": {\"report_interval\": \"1s\","
+			    " \"lost_after\": 3},",
+			    1));
+	for (int i = 0; i < 2; i++) {
+		int rv = start_agent(i);
+		if (rv)
+			dump_logs();
+		T_OK(rv);
+	}
+	long long end = t_now_ms() + 20000;
+	while (t_now_ms() < end &&
+	       !(site_reported("sim-a") && site_reported("sim-b")))
+		t_sleep_ms(100);
+	if (!site_reported("sim-a") || !site_reported("sim-b"))
+		dump_logs();
+	T_ASSERT(site_reported("sim-a") && site_reported("sim-b"));
+}
+
+static void test_killed_agent_stage_replaced(void)
+{
+	char id[64], where[64];
+
+	T_ASSERT(F.proc != NULL);
+	T_OK(submit("lost", id));
+	T_OK(wait_running(id, where, sizeof(where)));
+	int dead = site_index(where);
+	kill(t_proc_pid(agents[dead]), SIGKILL);
+	t_proc_stop(agents[dead], 2000, NULL);
+	agents[dead] = NULL;
+
+	json_t *job = wait_done(id, 90000);
+	if (!job)
+		dump_logs();
+	T_ASSERT(job != NULL);
+	json_t *s = stage0(job);
+	T_EQ_STR(json_string_value(json_object_get(job, "state")), "succeeded");
+	/* Placed again, elsewhere, as a new attempt. */
+	T_EXPECT(strcmp(nz(json_string_value(json_object_get(s, "site"))),
+			where) != 0);
+	T_EQ_INT(ival(s, "attempts"), 2);
+	json_t *stale = json_array_get(json_object_get(s, "stale"), 0);
+	T_ASSERT(stale != NULL);
+	T_EQ_STR(json_string_value(json_object_get(stale, "site")), where);
+	T_EQ_INT(ival(stale, "attempt"), 1);
+	T_EQ_INT(site_lost_flag(where), 1);
+	json_decref(job);
+
+	/* The dead agent comes back: it is told to cancel its copy, and
+	 * answers; the site is no longer lost. */
+	T_OK(respawn_agent(dead));
+	int cancelled = 0;
+	long long end = t_now_ms() + 30000;
+	while (!cancelled && t_now_ms() < end) {
+		job = NULL;
+		if (get_job(id, &job) == 0) {
+			json_t *e = json_array_get(
+			    json_object_get(stage0(job), "stale"), 0);
+			cancelled =
+			    json_is_true(json_object_get(e, "cancel_acked")) &&
+			    strcmp(nz(json_string_value(
+				       json_object_get(e, "state"))),
+				   "ended") == 0;
+		}
+		json_decref(job);
+		if (!cancelled)
+			t_sleep_ms(200);
+	}
+	if (!cancelled)
+		dump_logs();
+	T_EXPECT(cancelled);
+	T_EQ_INT(site_lost_flag(where), 0);
+	/* the job itself is untouched by the stale copy's end */
+	T_OK(get_job(id, &job));
+	T_EQ_STR(json_string_value(json_object_get(job, "state")), "succeeded");
+	json_decref(job);
+}
+
+/* An agent restarted at once: the sim scheduler forgot the stage, so the
+ * agent reports it lost; the broker retries it as a new attempt. */
+static void test_lost_stage_retried(void)
+{
+	char id[64], where[64];
+
+	T_ASSERT(F.proc != NULL);
+	for (int i = 0; i < 2; i++)
+		T_ASSERT(agents[i] != NULL);
+	T_OK(submit("retry", id));
+	T_OK(wait_running(id, where, sizeof(where)));
+	int k = site_index(where);
+	kill(t_proc_pid(agents[k]), SIGKILL);
+	t_proc_stop(agents[k], 2000, NULL);
+	agents[k] = NULL;
+	T_OK(respawn_agent(k));
+
+	json_t *job = wait_done(id, 90000);
+	if (!job)
+		dump_logs();
+	T_ASSERT(job != NULL);
+	json_t *s = stage0(job);
+	T_EQ_STR(json_string_value(json_object_get(job, "state")), "succeeded");
+	T_EQ_INT(ival(s, "attempts"), 2);
+	T_EQ_INT(ival(s, "exit_code"), 0);
+
+	/* The finished stage is in the learned history. */
+	char key[256];
+	struct mer_etcd_kv kv = {0};
+	snprintf(key, sizeof(key), "/meridian/history/acme/retry/work/%s",
+		 nz(json_string_value(json_object_get(s, "site"))));
+	json_decref(job);
+	T_OK(mer_etcd_get(F.cli, key, strlen(key), &kv, NULL));
+	json_t *h = json_loadb(kv.value, kv.value_len, 0, NULL);
+	mer_etcd_kv_clear(&kv);
+	T_ASSERT(h != NULL);
+	T_EXPECT(json_number_value(json_object_get(h, "samples")) == 1.0);
+	/* 800 s at time scale 100: about 8 s of real time */
+	double rt = json_number_value(json_object_get(h, "runtime_s"));
+	T_EXPECT(rt >= 5 && rt <= 30);
+	json_decref(h);
+}
+
+static int submit_body(const char *body, char id[64])
+{
+	struct bres r;
+	int rv;
+
+	if ((rv = bfx_req(&F, "POST", "/v1/jobs", BFX_ACME, body, NULL, &r)))
+		return rv;
+	rv = r.status == 201 ? 0 : MER_EREMOTE;
+	snprintf(id, 64, "%s", nz(bres_str(&r, "id")));
+	bres_clear(&r);
+	return rv;
+}
+
+/*
+ * Two preemptible best-effort stages fill sim-a's 16 GPUs; an online stage
+ * that needs 8 of them there is placed by preempting one (the policy,
+ * cost-first.json, lets online preempt best-effort). The victim is told to
+ * cancel, returns to pending, is placed again, and still succeeds.
+ */
+static void test_preempt_best_effort(void)
+{
+	static const char *be =
+	    "{\"name\": \"be-%d\", \"priority\": \"best-effort\","
+	    " \"constraints\": {\"sites\": {\"allow\": [\"sim-a\"]}},"
+	    " \"stages\": [{\"name\": \"crunch\", \"kind\": \"training\","
+	    " \"preemptible\": true, \"resources\": {\"cpu\": 4,"
+	    " \"memory_mb\": 4096, \"gpu\": {\"count\": 8, \"models\":"
+	    " [\"a100\"]}}, \"duration_s\": 1200, \"command\": [\"crunch\"]}]}";
+	char body[1024], victims[2][64], online[64], where[64];
+
+	T_ASSERT(F.proc != NULL);
+	for (int i = 0; i < 2; i++)
+		T_ASSERT(agents[i] != NULL);
+	for (int i = 0; i < 2; i++) {
+		snprintf(body, sizeof(body), be, i);
+		T_OK(submit_body(body, victims[i]));
+	}
+	for (int i = 0; i < 2; i++)
+		T_OK(wait_running(victims[i], where, sizeof(where)));
+	/* sim-a's next summary shows its GPUs taken */
+	t_sleep_ms(1500);
+	T_OK(submit_body(
+	    "{\"name\": \"serve\", \"priority\": \"online\","
+	    " \"constraints\": {\"sites\": {\"allow\": [\"sim-a\"]}},"
+	    " \"stages\": [{\"name\": \"serve\", \"kind\": \"inference\","
+	    " \"resources\": {\"cpu\": 2, \"memory_mb\": 2048, \"gpu\":"
+	    " {\"count\": 8, \"models\": [\"a100\"]}}, \"duration_s\": 300,"
+	    " \"command\": [\"serve\"]}]}",
+	    online));
+	json_t *job = wait_done(online, 60000);
+	if (!job)
+		dump_logs();
+	T_ASSERT(job != NULL);
+	T_EQ_STR(json_string_value(json_object_get(job, "state")), "succeeded");
+	T_EQ_STR(json_string_value(json_object_get(stage0(job), "site")),
+		 "sim-a");
+	json_decref(job);
+
+	/* Exactly one victim was preempted, and both still succeed. */
+	int preempted = 0;
+	for (int i = 0; i < 2; i++) {
+		job = wait_done(victims[i], 90000);
+		if (!job)
+			dump_logs();
+		T_ASSERT(job != NULL);
+		json_t *s = stage0(job);
+		T_EQ_STR(json_string_value(json_object_get(job, "state")),
+			 "succeeded");
+		if (json_object_get(s, "preempted_by")) {
+			preempted++;
+			char by[128];
+			snprintf(by, sizeof(by), "%s/serve", online);
+			T_EQ_STR(json_string_value(
+				     json_object_get(s, "preempted_by")),
+				 by);
+			T_EQ_INT(ival(s, "attempts"), 2);
+			json_t *st =
+			    json_array_get(json_object_get(s, "stale"), 0);
+			T_EQ_INT(ival(st, "attempt"), 1);
+			/* the agent reported the first copy's end */
+			T_EQ_STR(
+			    json_string_value(json_object_get(st, "state")),
+			    "ended");
+		} else {
+			T_EQ_INT(ival(s, "attempts"), 1);
+		}
+		json_decref(job);
+	}
+	T_EQ_INT(preempted, 1);
+}
+
+static int admin_post(const char *method, const char *path, const char *body)
+{
+	struct bres r;
+	int rv = bfx_req(&F, method, path, BFX_ADMIN, body, NULL, &r);
+	if (rv == 0 && r.status != 200)
+		rv = MER_EREMOTE;
+	bres_clear(&r);
+	return rv;
+}
+
+/*
+ * With a policy of pending_timeout_s 4 and retry_limit 0: a job no site can
+ * take (both drained) stays pending with its reasons, then fails; one
+ * submitted while drained is placed as soon as capacity returns (undrain);
+ * a stage reported lost with no retries left fails its job.
+ */
+static void test_timeout_and_retry_limit(void)
+{
+	char id[64], where[64];
+	static const char *sites[] = {"sim-a", "sim-b"};
+	char path[128];
+
+	T_ASSERT(F.proc != NULL);
+	for (int i = 0; i < 2; i++)
+		T_ASSERT(agents[i] != NULL);
+	T_OK(admin_post("PUT", "/v1/policy",
+			"{\"version\": \"strict-1\", \"pending_timeout_s\": 4, "
+			"\"retry_limit\": 0}"));
+	for (int i = 0; i < 2; i++) {
+		snprintf(path, sizeof(path), "/v1/sites/%s:drain", sites[i]);
+		T_OK(admin_post("POST", path, NULL));
+	}
+	T_OK(submit("nowhere", id));
+	json_t *job = NULL;
+	T_OK(get_job(id, &job));
+	T_EQ_STR(json_string_value(json_object_get(job, "state")), "pending");
+	json_decref(job);
+	job = wait_done(id, 20000);
+	T_ASSERT(job != NULL);
+	T_EQ_STR(json_string_value(json_object_get(job, "state")), "failed");
+	T_CONTAINS(json_string_value(json_object_get(job, "error")),
+		   "pending timeout");
+	T_EQ_STR(json_string_value(json_object_get(stage0(job), "state")),
+		 "failed");
+	T_EXPECT(strlen(json_string_value(
+		     json_object_get(stage0(job), "reason"))) > 0);
+	json_decref(job);
+
+	/* Capacity returns within the timeout: placed and run. */
+	T_OK(submit("later", id));
+	t_sleep_ms(1000);
+	T_OK(get_job(id, &job));
+	T_EQ_STR(json_string_value(json_object_get(job, "state")), "pending");
+	json_decref(job);
+	for (int i = 0; i < 2; i++) {
+		snprintf(path, sizeof(path), "/v1/sites/%s:undrain", sites[i]);
+		T_OK(admin_post("POST", path, NULL));
+	}
+	T_OK(wait_running(id, where, sizeof(where)));
+
+	/* The running stage is lost and no retry is left: the job fails. */
+	int k = site_index(where);
+	kill(t_proc_pid(agents[k]), SIGKILL);
+	t_proc_stop(agents[k], 2000, NULL);
+	agents[k] = NULL;
+	T_OK(respawn_agent(k));
+	job = wait_done(id, 30000);
+	if (!job)
+		dump_logs();
+	T_ASSERT(job != NULL);
+	T_EQ_STR(json_string_value(json_object_get(job, "state")), "failed");
+	T_EQ_STR(json_string_value(json_object_get(stage0(job), "state")),
+		 "failed");
+	T_EQ_INT(ival(stage0(job), "attempts"), 1);
+	json_decref(job);
+}
+
+static void test_clean_exit(void)
+{
+	T_ASSERT(F.proc != NULL);
+	for (int i = 0; i < 2; i++) {
+		t_proc_stop(agents[i], 5000, NULL);
+		agents[i] = NULL;
+	}
+	T_EQ_INT(bfx_stop_checked(&F), 0);
+}
+
+static const struct t_case cases[] = {
+    {"setup", test_setup},
+    {"killed_agent_stage_replaced", test_killed_agent_stage_replaced},
+    {"lost_stage_retried", test_lost_stage_retried},
+    {"preempt_best_effort", test_preempt_best_effort},
+    {"timeout_and_retry_limit", test_timeout_and_retry_limit},
+    {"clean_exit", test_clean_exit},
+};
+
+T_MAIN("broker_lost", cases)
