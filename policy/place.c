@@ -142,6 +142,22 @@ struct ctx {
 	double budget_left;  /* < 0: none */
 	int stages_blocked;
 	double *quota_left; /* [nkinds] GPUs left, INF for no quota */
+	/* Stages of this job that may run at once (neither precedes the
+	 * other) must fit a site together: see the "in-job concurrency"
+	 * section. All NULL/0 when every pair of stages is ordered. */
+	int has_conc;
+	uint8_t *anc;	       /* [ns * ns] anc[i*ns+j]: j before i */
+	struct cand **rsorted; /* replicated stages: spill order */
+	size_t *nrsorted;
+	struct mer_replica_share **sh; /* per stage: shares at sh_t[i] */
+	size_t *nsh;
+	uint32_t *sh_t;
+	double *save; /* one site's pools' capacity, saved while testing */
+	size_t save_n;
+	size_t bad[64]; /* stages of the last set found not to fit */
+	size_t nbad;
+	uint32_t bad_site;
+	int conc_fail; /* no plan keeps concurrent stages within capacity */
 };
 
 static void *talloc(struct ctx *c, size_t n)
@@ -1754,6 +1770,448 @@ static int solve_tree(struct ctx *c, double *const *u, const struct pw *pw,
 
 /* Solves with unary costs u and pair weights pw into a; returns the method
  * name through *method and both totals. */
+/* ---- in-job concurrency ----
+ *
+ * Every stage is filtered against the same free capacity, so two stages of
+ * one job that may run at the same time (neither is an ancestor of the
+ * other: two branches after one prep stage, the sides of a diamond) could
+ * both be put on a site that holds only one. A chain never conflicts: a
+ * stage starts only when its dependencies have finished. So a plan is
+ * checked per site over every maximal set of mutually concurrent stages
+ * placed there (maximal cliques of the concurrency graph, Bron-Kerbosch;
+ * jobs are small), by reserving them one after the other on a scratch copy
+ * of the site's capacity. Jobs whose stages are all ordered skip all this.
+ */
+
+static void reserve_at(struct ctx *c, size_t i, uint32_t s, int gk, unsigned k);
+
+static int conc(const struct ctx *c, size_t i, size_t j)
+{
+	size_t ns = c->job->nstages;
+
+	return i != j && !c->anc[i * ns + j] && !c->anc[j * ns + i];
+}
+
+static int prep_conc(struct ctx *c)
+{
+	const struct mer_job *job = c->job;
+	size_t ns = job->nstages, n = c->fed->nsites, maxp = 0;
+
+	c->has_conc = 0;
+	if (ns < 2)
+		return 0;
+	c->anc = talloc(c, ns * ns);
+	if (!c->anc)
+		return MER_ENOMEM;
+	memset(c->anc, 0, ns * ns);
+	for (size_t q = 0; q < ns; q++) {
+		size_t i = job->topo[q];
+		const struct mer_stage *st = &job->stages[i];
+		for (size_t k = 0; k < st->nafter; k++) {
+			size_t d = st->deps[k];
+			c->anc[i * ns + d] = 1;
+			for (size_t j = 0; j < ns; j++)
+				c->anc[i * ns + j] |= c->anc[d * ns + j];
+		}
+	}
+	/* Fixed stages hold what they hold already (the snapshot counts a
+	 * running stage; a finished one holds nothing). */
+	for (size_t i = 0; i < ns && !c->has_conc; i++)
+		for (size_t j = i + 1; j < ns && !c->has_conc; j++)
+			c->has_conc = c->si[i].fixed_site < 0 &&
+				      c->si[j].fixed_site < 0 && conc(c, i, j);
+	if (!c->has_conc)
+		return 0;
+	c->rsorted = talloc(c, ns * sizeof(*c->rsorted));
+	c->nrsorted = talloc(c, ns * sizeof(size_t));
+	c->sh = talloc(c, ns * sizeof(*c->sh));
+	c->nsh = talloc(c, ns * sizeof(size_t));
+	c->sh_t = talloc(c, ns * sizeof(uint32_t));
+	if (!c->rsorted || !c->nrsorted || !c->sh || !c->nsh || !c->sh_t)
+		return MER_ENOMEM;
+	for (size_t i = 0; i < ns; i++) {
+		const struct sinfo *si = &c->si[i];
+		const struct mer_site_brief *br = c->out->stages[i].brief;
+		size_t nc = 0;
+		c->sh_t[i] = NONE;
+		c->nsh[i] = 0;
+		c->rsorted[i] = NULL;
+		c->nrsorted[i] = 0;
+		if (si->R <= 1 || si->fixed_site >= 0) {
+			c->sh[i] = talloc(c, sizeof(**c->sh));
+			if (!c->sh[i])
+				return MER_ENOMEM;
+			continue;
+		}
+		/* the spill order of make_shares(): independent of the
+		 * primary, so sorted once */
+		struct cand *cs = talloc(c, (n + 1) * sizeof(*cs));
+		c->sh[i] = talloc(c, (n + 1) * sizeof(**c->sh));
+		if (!cs || !c->sh[i])
+			return MER_ENOMEM;
+		for (uint32_t s = 0; s < n; s++) {
+			if (br[s].reason != MER_R_OK)
+				continue;
+			cs[nc].s = s;
+			cs[nc].key = si->V[s] + si->F[s] / si->units[s];
+			nc++;
+		}
+		qsort(cs, nc, sizeof(*cs), cmp_cand);
+		c->rsorted[i] = cs;
+		c->nrsorted[i] = nc;
+	}
+	for (uint32_t s = 0; s < n; s++)
+		if (c->e->pool0[s + 1] - c->e->pool0[s] > maxp)
+			maxp = c->e->pool0[s + 1] - c->e->pool0[s];
+	c->save_n = maxp * c->fed->nkinds * (1 + MER_PRIO_COUNT);
+	c->save = talloc(c, (c->save_n + 1) * sizeof(double));
+	return c->save ? 0 : MER_ENOMEM;
+}
+
+/* Where stage i's replicas go with its primary at t: make_shares() without
+ * the arena. Cached for the last primary asked for. */
+static void shares_of(struct ctx *c, size_t i, uint32_t t)
+{
+	const struct sinfo *si = &c->si[i];
+	const struct mer_site_brief *br = c->out->stages[i].brief;
+	struct mer_replica_share *sh = c->sh[i];
+
+	if (c->sh_t[i] == t)
+		return;
+	c->sh_t[i] = t;
+	c->nsh[i] = 0;
+	if (si->R <= 1 || si->fixed_site >= 0) {
+		sh[0] = (struct mer_replica_share){t, si->R ? si->R : 1,
+						   br[t].kind};
+		c->nsh[i] = 1;
+		return;
+	}
+	unsigned rem = si->R - si->units[t];
+	sh[c->nsh[i]++] =
+	    (struct mer_replica_share){t, si->units[t], br[t].kind};
+	for (size_t j = 0; j < c->nrsorted[i] && rem > 0; j++) {
+		uint32_t s = c->rsorted[i][j].s;
+		if (s == t)
+			continue;
+		unsigned kk = si->units[s] < rem ? si->units[s] : rem;
+		sh[c->nsh[i]++] = (struct mer_replica_share){s, kk, br[s].kind};
+		rem -= kk;
+	}
+}
+
+struct conc_item {
+	size_t stage;
+	unsigned k;
+	int16_t gk;
+	uint8_t pre;
+};
+
+struct conc_set {
+	struct ctx *c;
+	uint32_t s;
+	const struct conc_item *it;
+	size_t m;
+	uint64_t adj[64];
+	int fail;
+};
+
+static void save_site(struct ctx *c, uint32_t s, int restore)
+{
+	const struct mer_engine *e = c->e;
+	size_t nk = c->fed->nkinds, p0 = e->pool0[s], p1 = e->pool0[s + 1];
+	size_t pn = (p1 - p0) * nk, qn = (p1 - p0) * MER_PRIO_COUNT * nk;
+	double *cap = &e->cap[p0 * nk];
+	double *pre = &e->pre[p0 * MER_PRIO_COUNT * nk];
+
+	if (restore) {
+		memcpy(cap, c->save, pn * sizeof(double));
+		memcpy(pre, c->save + pn, qn * sizeof(double));
+	} else {
+		memcpy(c->save, cap, pn * sizeof(double));
+		memcpy(c->save + pn, pre, qn * sizeof(double));
+	}
+}
+
+/* Do the items of mask (in job order) fit site s together? */
+static int set_fits(struct conc_set *b, uint64_t mask)
+{
+	struct ctx *c = b->c;
+	int ok = 1;
+
+	save_site(c, b->s, 0);
+	for (size_t v = 0; v < b->m && ok; v++) {
+		if (!(mask & (1ULL << v)))
+			continue;
+		const struct conc_item *it = &b->it[v];
+		const struct sinfo *si = &c->si[it->stage];
+		int gang = c->job->stages[it->stage].gang || si->R > 1;
+		struct fit f;
+		fit_site(c, si, b->s, it->gk, it->k, gang, it->pre, &f);
+		if (f.units < it->k)
+			ok = 0;
+		else
+			reserve_at(c, it->stage, b->s, it->gk, it->k);
+	}
+	save_site(c, b->s, 1);
+	if (!ok) {
+		c->nbad = 0;
+		c->bad_site = b->s;
+		for (size_t v = 0; v < b->m; v++)
+			if (mask & (1ULL << v))
+				c->bad[c->nbad++] = b->it[v].stage;
+	}
+	return ok;
+}
+
+/* Bron-Kerbosch: every maximal clique of the concurrency graph. */
+static void cliques(struct conc_set *b, uint64_t R, uint64_t P, uint64_t X)
+{
+	if (b->fail)
+		return;
+	if (!P && !X) {
+		if ((R & (R - 1)) && !set_fits(b, R))
+			b->fail = 1;
+		return;
+	}
+	for (size_t v = 0; v < b->m && P && !b->fail; v++) {
+		uint64_t bit = 1ULL << v;
+		if (!(P & bit))
+			continue;
+		cliques(b, R | bit, P & b->adj[v], X & b->adj[v]);
+		P &= ~bit;
+		X |= bit;
+	}
+}
+
+/*
+ * 1 when some set of mutually concurrent stages of plan a (those in placed,
+ * or all with placed NULL; only sets holding stage `with` if with >= 0) does
+ * not fit site s; c->bad then names that set.
+ */
+static int site_conflict(struct ctx *c, const uint32_t *a,
+			 const uint8_t *placed, uint32_t s, long with)
+{
+	size_t ns = c->job->nstages;
+	struct conc_item it[64];
+	struct conc_set b;
+	size_t m = 0, wi = 0;
+	int over = 0;
+
+	for (size_t j = 0; j < ns; j++) {
+		if ((placed && !placed[j]) || c->si[j].fixed_site >= 0)
+			continue;
+		if (with >= 0 && j != (size_t)with && !conc(c, j, (size_t)with))
+			continue;
+		shares_of(c, j, a[j]);
+		for (size_t k = 0; k < c->nsh[j]; k++) {
+			const struct mer_replica_share *r = &c->sh[j][k];
+			if (r->site != s || r->replicas == 0)
+				continue;
+			if (m == 64) {
+				over = 1;
+				break;
+			}
+			if (j == (size_t)with)
+				wi = m;
+			it[m++] = (struct conc_item){
+			    j, r->replicas, r->gpu_kind,
+			    c->out->stages[j].brief[s].preempts};
+		}
+	}
+	if (m < 2)
+		return 0;
+	memset(&b, 0, sizeof(b));
+	b.c = c;
+	b.s = s;
+	b.it = it;
+	b.m = m;
+	if (over) {
+		/* More than 64 stages on one site: all of them together,
+		 * which is never less strict. */
+		return !set_fits(&b, m == 64 ? ~0ULL : (1ULL << m) - 1);
+	}
+	for (size_t v = 0; v < m; v++)
+		for (size_t w = 0; w < m; w++)
+			if (conc(c, it[v].stage, it[w].stage))
+				b.adj[v] |= 1ULL << w;
+	if (with >= 0)
+		cliques(&b, 1ULL << wi, b.adj[wi], 0);
+	else
+		cliques(&b, 0, m == 64 ? ~0ULL : (1ULL << m) - 1, 0);
+	return b.fail;
+}
+
+/* 1 when stage i, as placed in a, is in a set that does not fit. */
+static int stage_conflict(struct ctx *c, const uint32_t *a,
+			  const uint8_t *placed, size_t i)
+{
+	if (c->si[i].fixed_site >= 0)
+		return 0;
+	/* i's shares stay cached while the sets are looked at: every
+	 * lookup of i asks for the same primary a[i] */
+	shares_of(c, i, a[i]);
+	for (size_t k = 0; k < c->nsh[i]; k++)
+		if (site_conflict(c, a, placed, c->sh[i][k].site, (long)i))
+			return 1;
+	return 0;
+}
+
+static int plan_conflict(struct ctx *c, const uint32_t *a)
+{
+	for (size_t i = 0; i < c->job->nstages; i++)
+		if (stage_conflict(c, a, NULL, i))
+			return 1;
+	return 0;
+}
+
+/* Stage by stage, each at its best site given its producers and where the
+ * concurrent stages before it went: the baseline when the plain one
+ * over-commits. *ok = 0 when some stage has no site left. */
+static int solve_greedy_rsv(struct ctx *c, double *const *u,
+			    const struct pw *pw, uint32_t *a, int *ok)
+{
+	size_t ns = c->job->nstages, n = c->fed->nsites;
+	uint8_t *placed = talloc(c, ns);
+	double *v = talloc(c, n * sizeof(double));
+
+	if (!placed || !v)
+		return MER_ENOMEM;
+	memset(placed, 0, ns);
+	*ok = 1;
+	for (size_t q = 0; q < ns; q++) {
+		size_t i = c->job->topo[q];
+		for (uint32_t s = 0; s < n; s++)
+			v[s] = u[i][s] == INF
+				   ? INF
+				   : local_cost(c, u, pw, a, i, s, 1);
+		placed[i] = 1;
+		for (;;) {
+			double best = INF;
+			uint32_t arg = 0;
+			for (uint32_t s = 0; s < n; s++) {
+				if (v[s] < best) {
+					best = v[s];
+					arg = s;
+				}
+			}
+			if (best == INF) {
+				*ok = 0;
+				c->nbad = 1;
+				c->bad[0] = i;
+				return 0;
+			}
+			a[i] = arg;
+			if (!stage_conflict(c, a, placed, i))
+				break;
+			v[arg] = INF;
+		}
+	}
+	return 0;
+}
+
+/* Moves stages out of sets that do not fit: each step the move (stage of
+ * the set, new site) that raises the total least and leaves that stage in
+ * no such set. 1 when the plan ends without conflicts. */
+static int repair_plan(struct ctx *c, double *const *u, const struct pw *pw,
+		       uint32_t *a)
+{
+	size_t ns = c->job->nstages, n = c->fed->nsites;
+
+	for (size_t iter = 0; iter < 4 * ns + 8; iter++) {
+		if (!plan_conflict(c, a))
+			return 1;
+		size_t bad[64], nb = c->nbad, bi = 0;
+		uint32_t bs = NONE;
+		double best = INF;
+		memcpy(bad, c->bad, nb * sizeof(size_t));
+		for (size_t x = 0; x < nb; x++) {
+			size_t j = bad[x];
+			uint32_t was = a[j];
+			double old = local_cost(c, u, pw, a, j, was, 0);
+			for (uint32_t s = 0; s < n; s++) {
+				if (u[j][s] == INF || s == was)
+					continue;
+				double d =
+				    local_cost(c, u, pw, a, j, s, 0) - old;
+				if (!(d < best))
+					continue;
+				a[j] = s;
+				if (!stage_conflict(c, a, NULL, j)) {
+					best = d;
+					bi = j;
+					bs = s;
+				}
+				a[j] = was;
+			}
+		}
+		if (bs == NONE)
+			return 0;
+		a[bi] = bs;
+	}
+	return !plan_conflict(c, a);
+}
+
+/* solve_local() over plans without conflicts: each move strictly lowers
+ * the total and leaves the moved stage in no set that does not fit. */
+static void descend_fitting(struct ctx *c, double *const *u,
+			    const struct pw *pw, uint32_t *a)
+{
+	size_t n = c->fed->nsites;
+
+	for (int pass = 0; pass < LOCAL_SEARCH_PASSES; pass++) {
+		int moved = 0;
+		for (size_t q = 0; q < c->job->nstages; q++) {
+			size_t i = c->job->topo[q];
+			uint32_t was = a[i], arg = was;
+			double best = local_cost(c, u, pw, a, i, was, 0);
+			if (c->si[i].fixed_site >= 0)
+				continue;
+			for (uint32_t s = 0; s < n; s++) {
+				if (u[i][s] == INF || s == was)
+					continue;
+				double v = local_cost(c, u, pw, a, i, s, 0);
+				if (!(v < best - 1e-9 * fabs(best)))
+					continue;
+				a[i] = s;
+				if (!stage_conflict(c, a, NULL, i)) {
+					best = v;
+					arg = s;
+				}
+				a[i] = was;
+			}
+			if (arg != was) {
+				a[i] = arg;
+				moved = 1;
+			}
+		}
+		/* Two concurrent stages may each block the other's better
+		 * site: try trading sites. */
+		for (size_t i = 0; i < c->job->nstages; i++) {
+			for (size_t j = i + 1; j < c->job->nstages; j++) {
+				uint32_t si = a[i], sj = a[j];
+				if (si == sj || c->si[i].fixed_site >= 0 ||
+				    c->si[j].fixed_site >= 0 ||
+				    u[i][sj] == INF || u[j][si] == INF)
+					continue;
+				double t0 = plan_total(c, u, pw, a);
+				a[i] = sj;
+				a[j] = si;
+				double t1 = plan_total(c, u, pw, a);
+				if (t1 < t0 - 1e-9 * fabs(t0) &&
+				    !stage_conflict(c, a, NULL, i) &&
+				    !stage_conflict(c, a, NULL, j)) {
+					moved = 1;
+					continue;
+				}
+				a[i] = si;
+				a[j] = sj;
+			}
+		}
+		if (!moved)
+			break;
+	}
+}
+
 static int solve(struct ctx *c, double *const *u, const struct pw *pw,
 		 uint32_t *a, const char **method, double *total,
 		 double *greedy_total)
@@ -1766,8 +2224,17 @@ static int solve(struct ctx *c, double *const *u, const struct pw *pw,
 		return MER_ENOMEM;
 	if ((rv = solve_greedy(c, u, pw, g)))
 		return rv;
-	*greedy_total = plan_total(c, u, pw, g);
 	memcpy(a, g, ns * sizeof(uint32_t));
+	int g_ok = 1, clash = c->has_conc && plan_conflict(c, g);
+	if (clash) {
+		/* The baseline gets the same in-job reservation as the
+		 * joint plan, so that the comparison stays fair. */
+		if ((rv = solve_greedy_rsv(c, u, pw, g, &g_ok)))
+			return rv;
+		if (g_ok)
+			memcpy(a, g, ns * sizeof(uint32_t));
+	}
+	*greedy_total = plan_total(c, u, pw, g);
 	if (ns == 1 || c->nedges == 0) {
 		*method = "independent";
 	} else if (is_forest(c)) {
@@ -1782,6 +2249,30 @@ static int solve(struct ctx *c, double *const *u, const struct pw *pw,
 		solve_local(c, u, pw, a);
 	}
 	*total = plan_total(c, u, pw, a);
+	int bad = c->has_conc && plan_conflict(c, a);
+	if (clash || bad) {
+		/* Repair the joint plan, and improve the reserved baseline
+		 * too; keep the better. Both only move to plans that fit. */
+		int fixed = !bad || repair_plan(c, u, pw, a);
+		if (fixed)
+			descend_fitting(c, u, pw, a);
+		if (g_ok) {
+			uint32_t *h = talloc(c, ns * sizeof(uint32_t));
+			if (!h)
+				return MER_ENOMEM;
+			memcpy(h, g, ns * sizeof(uint32_t));
+			descend_fitting(c, u, pw, h);
+			if (!fixed ||
+			    plan_total(c, u, pw, h) < plan_total(c, u, pw, a))
+				memcpy(a, h, ns * sizeof(uint32_t));
+		} else if (!fixed) {
+			c->conc_fail = 1;
+			return 0;
+		}
+		*total = plan_total(c, u, pw, a);
+	}
+	if (!g_ok)
+		*greedy_total = *total; /* the only plan that fits */
 	/* Rounding can make an exact optimum look a hair worse than the
 	 * greedy plan; never return the worse of the two. */
 	if (*total > *greedy_total) {
@@ -2011,8 +2502,10 @@ static void take(struct ctx *c, size_t p, int k, int pre, double *rem)
  * Holds k replicas of stage i at site s for the rest of the round: free
  * capacity of every pool first (in wait order), then preemptible capacity.
  * Which pool a gang lands in is the site scheduler's business; the round
- * only needs the site's totals to go down. Stages of one job were checked
- * one by one, so what one takes may already be gone; it is still taken.
+ * only needs the site's totals to go down. Stages of one job that run one
+ * after the other were checked against the same capacity (concurrent ones
+ * together, see "in-job concurrency"), so what one takes may already be
+ * gone; it is still taken.
  */
 static void reserve_at(struct ctx *c, size_t i, uint32_t s, int gk, unsigned k)
 {
@@ -2116,10 +2609,35 @@ static int explain_choice(struct ctx *c, size_t i, const uint32_t *a,
 			cond_best = s;
 		}
 	}
+	/* Did a stage of the job that can run at the same time keep this
+	 * one from its best site? (Only asked when the job has such
+	 * stages and the site differs.) */
+	size_t other = SIZE_MAX;
+	if (c->has_conc && cond_best != a[i] && r->status != MER_STAGE_FIXED) {
+		size_t ns = c->job->nstages;
+		uint32_t *b = talloc(c, ns * sizeof(uint32_t));
+		if (!b)
+			return MER_ENOMEM;
+		memcpy(b, a, ns * sizeof(uint32_t));
+		b[i] = cond_best;
+		if (stage_conflict(c, b, NULL, i))
+			for (size_t k = 0; k < c->nbad && other == SIZE_MAX;
+			     k++)
+				if (c->bad[k] != i)
+					other = c->bad[k];
+	}
 	if (r->status == MER_STAGE_FIXED)
 		snprintf(r->note, sizeof(r->note), "fixed: %s at %s",
 			 c->si[i].finished ? "finished" : "running",
 			 c->fed->sites[a[i]].name);
+	else if (other != SIZE_MAX)
+		snprintf(r->note, sizeof(r->note),
+			 "capacity: %s scores %.2f but cannot hold it beside "
+			 "stage \"%s\", which can run at the same time; %s "
+			 "scores %.2f",
+			 c->fed->sites[cond_best].name, cond,
+			 c->job->stages[other].name, c->fed->sites[a[i]].name,
+			 tot[a[i]]);
 	else if (cond_best == a[i])
 		snprintf(r->note, sizeof(r->note), "best of %zu feasible sites",
 			 r->nfeasible);
@@ -2243,6 +2761,18 @@ static int resolve_fixed(struct ctx *c, char *why, size_t len)
 	return 0;
 }
 
+/* No plan keeps the job's concurrent stages within capacity. */
+static void conc_pending(struct ctx *c, char *why, size_t len)
+{
+	size_t i = c->nbad ? c->bad[0] : 0;
+
+	snprintf(why, len,
+		 "pending: capacity: no site is left for stage \"%s\" beside "
+		 "the stages of the job that can run at the same time",
+		 c->job->stages[i].name);
+	leave_pending(c, why);
+}
+
 static int place(struct ctx *c, int do_reserve)
 {
 	const struct mer_job *job = c->job;
@@ -2310,9 +2840,15 @@ static int place(struct ctx *c, int do_reserve)
 		u[i] = c->si[i].u;
 		um[i] = c->si[i].um;
 	}
+	if ((rv = prep_conc(c)))
+		return rv;
 	if ((rv = solve(c, u, &pw, a, &out->method, &out->total,
 			&out->stage_by_stage_total)))
 		return rv;
+	if (c->conc_fail) {
+		conc_pending(c, why, sizeof(why));
+		return 0;
+	}
 	if (c->budget_left >= 0) {
 		const struct pw money = {1, 0};
 		double m = plan_total(c, um, &money, a);
@@ -2326,6 +2862,10 @@ static int place(struct ctx *c, int do_reserve)
 				return MER_ENOMEM;
 			if ((rv = solve(c, um, &money, b, &meth, &mt, &mg)))
 				return rv;
+			if (c->conc_fail) {
+				conc_pending(c, why, sizeof(why));
+				return 0;
+			}
 			if (mt > c->budget_left + 1e-9) {
 				snprintf(why, sizeof(why),
 					 "budget: the cheapest plan costs "

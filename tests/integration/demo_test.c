@@ -392,6 +392,64 @@ static void test_job_placed_and_succeeded(void)
 	json_decref(job);
 }
 
+/*
+ * The README's tour, run as written against the demo that is up: every line
+ * of the ```sh block under "## A tour", with only the demo dir and the job
+ * id filled in, must exit 0. This is what keeps the README from drifting.
+ */
+static void test_readme_tour(void)
+{
+	char path[700], script[700], log[700], cmd[2200];
+	char *readme = NULL;
+	FILE *f;
+
+	if (!g.up) {
+		t_skip("the demo did not come up");
+		return;
+	}
+	snprintf(path, sizeof(path), "%s/README.md", g.top);
+	readme = slurp(path);
+	T_ASSERT(readme != NULL);
+	char *tour = strstr(readme, "\n## A tour");
+	char *block = tour ? strstr(tour, "\n```sh\n") : NULL;
+	char *end = block ? strstr(block + 7, "\n```") : NULL;
+	T_ASSERT(block != NULL && end != NULL);
+	block += 7;
+	*end = '\0';
+
+	snprintf(script, sizeof(script), "%s/tour.sh", g.dir);
+	snprintf(log, sizeof(log), "%s/tour.log", g.dir);
+	f = fopen(script, "w");
+	T_ASSERT(f != NULL);
+	/* No set -x: it would print the token the env file exports. */
+	fprintf(f, "set -e\ncd '%s'\n", g.top);
+	int lines = 0;
+	for (char *line = strtok(block, "\n"); line;
+	     line = strtok(NULL, "\n")) {
+		fprintf(f, "echo '>>> README tour line %d'\n", lines + 1);
+		if (strncmp(line, ". .demo/env", 11) == 0) {
+			fprintf(f, ". '%s/env'%s\n", g.dir, line + 11);
+		} else {
+			/* the placeholder ID, as a whole word */
+			char *id = strstr(line, " ID");
+			if (id && (id[3] == ' ' || id[3] == '\0'))
+				fprintf(f, "%.*s %s%s\n", (int)(id - line), line,
+					g.job, id + 3);
+			else
+				fprintf(f, "%s\n", line);
+		}
+		lines++;
+	}
+	fclose(f);
+	free(readme);
+	T_ASSERT(lines >= 5);
+	snprintf(cmd, sizeof(cmd), "bash '%s' >'%s' 2>&1", script, log);
+	int rc = system(cmd);
+	if (rc != 0)
+		print_file(log);
+	T_EQ_INT(rc, 0);
+}
+
 static int file_has(const char *path, const char *needle)
 {
 	char *s = slurp(path);
@@ -531,6 +589,7 @@ static void test_stop_leaves_nothing(void)
 static const struct t_case cases[] = {
     {"up", test_up},
     {"job_placed_and_succeeded", test_job_placed_and_succeeded},
+    {"readme_tour", test_readme_tour},
     {"secrets_stay_in_0600_files", test_secrets_stay_in_0600_files},
     {"second_start_says_running", test_second_start_says_running},
     {"stop_leaves_nothing", test_stop_leaves_nothing},
