@@ -120,6 +120,7 @@ check: deps
 	@$(MAKE) --no-print-directory VARIANT=san build-tests
 	@MERIDIAN_BIN=$(abspath build/san/bin) MERIDIAN_TOP=$(CURDIR) \
 		ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+		LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		tests/run.sh build/san/tests $(T)
 

@@ -341,6 +341,11 @@ int mer_broker_federation(struct mer_broker *b, struct mer_fed **fed,
 		snprintf(err, errlen, "etcd unreachable");
 		goto out;
 	}
+	/* What arrived is newer than what is flushed to etcd yet. */
+	json_t *mem = mer_dispatch_reports(b);
+	if (mem)
+		json_object_update(reports, mem);
+	json_decref(mem);
 	pthread_rwlock_rdlock(&b->lock);
 	doc = b->fed_file ? json_deep_copy(b->fed_file) : json_object();
 	pthread_rwlock_unlock(&b->lock);

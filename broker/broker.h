@@ -86,9 +86,13 @@ struct mer_broker {
 	struct job_table *jobs;	 /* known jobs' states (metrics, retries) */
 	struct pre_table *pre;	 /* live preemptible stages (pmu) */
 	struct hist_cache *hist; /* learned history (pmu) */
+	struct rep_table *reps;	 /* outputs stored at sites (pmu) */
+	struct gpu_table *gpus;	 /* GPUs of live stages by model (pmu) */
 
 	/* dispatch.c: when each site last reported, and which are lost */
 	struct site_watch *watch;
+	/* dispatch.c: latest summary per site, flushed to etcd in batches */
+	struct site_reports *reports;
 };
 
 /* Loads the config at path and builds a broker (does not listen). err gets
@@ -150,7 +154,9 @@ void mer_placer_kick(struct mer_broker *b);
 void mer_placer_note(struct mer_broker *b, const json_t *rec);
 /* Adds to site (a snapshot's site JSON) the capacity the broker's own
  * live preemptible stages hold there, by class ("preemptible" of each
- * resource of its first pool that has the kind). */
+ * resource of its first pool that has the kind), and the outputs stages
+ * made there (mer_placer_replica_note) to its "datasets" when the site
+ * does not list a dataset of that name already. */
 void mer_placer_add_preemptible(struct mer_broker *b, const char *site,
 				json_t *s);
 /* A finished-stage history record as written to etcd (o: "runtime_s",
@@ -158,6 +164,11 @@ void mer_placer_add_preemptible(struct mer_broker *b, const char *site,
 void mer_placer_history_note(struct mer_broker *b, const char *tenant,
 			     const char *job, const char *stage,
 			     const char *site, const json_t *o);
+/* An output replica as written to "<p>/replicas/<site>/<name>" (o:
+ * "name", "bytes", "tags"; "job", "stage" informational), kept for the
+ * snapshots; a newer one of the same name at the site replaces it. */
+void mer_placer_replica_note(struct mer_broker *b, const char *site,
+			     const json_t *o);
 /* Writes the jobs/stages-by-state gauges. */
 void mer_placer_render(struct mer_broker *b, FILE *out);
 
@@ -188,6 +199,10 @@ int mer_dispatch_preempt(struct mer_broker *b, const char *job,
 /* Marks silent sites lost (called by the placer thread every round). */
 void mer_dispatch_check_sites(struct mer_broker *b);
 void mer_dispatch_free_watch(struct mer_broker *b);
+/* The sites' latest summaries as received (name -> snapshot with
+ * last_heartbeat = when the broker got it; new reference, maybe empty).
+ * Newer than etcd's site-reports/ by up to one flush (~250 ms). */
+json_t *mer_dispatch_reports(struct mer_broker *b);
 
 /* api.c */
 int mer_api_register(struct mer_broker *b);

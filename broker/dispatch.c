@@ -600,6 +600,63 @@ static void history_record(struct mer_broker *b, const json_t *rec,
 	}
 }
 
+/*
+ * The outputs of a stage that succeeded become dataset replicas at its
+ * site: "<p>/replicas/<site>/<output name>" = {name, bytes, tags, job,
+ * stage, created_at} (the job's expected size; a newer output of the same
+ * name at the site replaces the older). Snapshots list them in the site's
+ * datasets (mer_placer_add_preemptible), so later stages and jobs reading
+ * them are placed near them.
+ */
+static void replicas_record(struct mer_broker *b, const json_t *rec,
+			    const char *job, const char *stage,
+			    const char *site)
+{
+	const json_t *sp = NULL, *v, *out;
+	size_t i;
+	int n = 0;
+
+	json_array_foreach (
+	    json_object_get(json_object_get(rec, "spec"), "stages"), i, v)
+		if (is(json_string_value(json_object_get(v, "name")), stage))
+			sp = v;
+	json_array_foreach (json_object_get(sp, "outputs"), i, out) {
+		const char *name =
+		    json_string_value(json_object_get(out, "name"));
+		const json_t *tags = json_object_get(out, "tags");
+		char key[KEY_MAX];
+		if (!name || !mer_store_key(b->store, key, sizeof(key),
+					    "replicas/%s/%s", site, name))
+			continue;
+		json_t *o = json_pack(
+		    "{s:s, s:f, s:o, s:s, s:s, s:s, s:I}", "name", name,
+		    "bytes", json_number_value(json_object_get(out, "bytes")),
+		    "tags",
+		    json_is_array(tags) ? json_deep_copy(tags) : json_array(),
+		    "site", site, "job", job, "stage", stage, "created_at",
+		    (json_int_t)time(NULL));
+		char *text = o ? mer_json_dumps(o) : NULL;
+		int rv = text ? mer_etcd_put(b->etcd, key, strlen(key), text,
+					     strlen(text), 0, NULL)
+			      : MER_ENOMEM;
+		if (rv == 0) {
+			mer_placer_replica_note(b, site, o);
+			n++;
+		} else {
+			mer_warn("output replica not stored",
+				 "site=%s dataset=%s err=%s", site, name,
+				 mer_errname(rv));
+		}
+		free(text);
+		json_decref(o);
+	}
+	if (n) {
+		mer_info("output replicas stored",
+			 "job=%s stage=%s site=%s n=%d", job, stage, site, n);
+		mer_broker_fed_invalidate(b);
+	}
+}
+
 static void handle_event(struct mer_broker *b, const char *site,
 			 const json_t *ev, long long retry_limit)
 {
@@ -636,8 +693,10 @@ static void handle_event(struct mer_broker *b, const char *site,
 			 c.event);
 		if (c.replace)
 			mer_placer_enqueue(b, job);
-		if (is(c.event, "finished"))
+		if (is(c.event, "finished")) {
+			replicas_record(b, after, job, stage, site);
 			history_record(b, after, stage, site);
+		}
 		/* A failed job: its other live stages get cancels. */
 		if (is(json_string_value(json_object_get(after, "state")),
 		       MER_ST_FAILED))
@@ -647,8 +706,13 @@ static void handle_event(struct mer_broker *b, const char *site,
 	json_decref(after);
 }
 
+static void stale_add(struct mer_broker *b, const char *site, json_t *uids);
+static void stale_remove(struct mer_broker *b, const char *site,
+			 const char *uid);
+
 /* An agent's answer to the cancel of a copy the broker gave up on ends
- * that copy's "stale" entry (the agent has stopped it, or never had it). */
+ * that copy's "stale" entry (the agent has stopped it, or never had it),
+ * and its persisted cancel (site-stale/) is no longer needed. */
 static void cancel_answered(struct mer_broker *b, const char *site,
 			    const json_t *res, long long limit)
 {
@@ -666,6 +730,7 @@ static void cancel_answered(struct mer_broker *b, const char *site,
 	if (ev)
 		handle_event(b, site, ev, limit);
 	json_decref(ev);
+	stale_remove(b, site, uid);
 }
 
 /* ---- preemption ------------------------------------------------------------
@@ -722,6 +787,11 @@ int mer_dispatch_preempt(struct mer_broker *b, const char *job,
 		if (c.held) {
 			char uid[200];
 			stage_uid(uid, sizeof(uid), job, stage, c.attempt);
+			/* Stored first, so that a broker restart before the
+			 * agent takes it still sends it (watch_seen). */
+			json_t *one = json_pack("[s]", uid);
+			stale_add(b, site, one);
+			json_decref(one);
 			queue_cancel(b, site, uid);
 		}
 		mer_info("stage preempted", "job=%s stage=%s site=%s by=%s",
@@ -825,6 +895,80 @@ static void stale_add(struct mer_broker *b, const char *site, json_t *uids)
 		if (rv != MER_ECOMPARE)
 			return;
 	}
+}
+
+/* Drops uid from "<p>/site-stale/<site>" (the key goes with its last). */
+static void stale_remove(struct mer_broker *b, const char *site,
+			 const char *uid)
+{
+	char key[KEY_MAX];
+
+	if (!mer_store_key(b->store, key, sizeof(key), "site-stale/%s", site))
+		return;
+	for (int tries = 0; tries < 8; tries++) {
+		struct mer_etcd_kv kv = {0};
+		json_t *list = NULL, *keep = json_array(), *v;
+		size_t i;
+		int found = 0, rv;
+
+		if (!keep ||
+		    mer_etcd_get(b->etcd, key, strlen(key), &kv, NULL) != 0) {
+			json_decref(keep);
+			mer_etcd_kv_clear(&kv);
+			return;
+		}
+		list = json_loadb(kv.value, kv.value_len, 0, NULL);
+		json_array_foreach (list, i, v) {
+			if (is(json_string_value(v), uid))
+				found = 1;
+			else
+				json_array_append(keep, v);
+		}
+		json_decref(list);
+		char *text = found && json_array_size(keep)
+				 ? mer_json_dumps(keep)
+				 : NULL;
+		if (!found)
+			rv = 0;
+		else if (!json_array_size(keep))
+			rv = mer_etcd_delete_if_mod_revision(
+			    b->etcd, key, strlen(key), kv.mod_revision, NULL);
+		else
+			rv = text ? mer_etcd_put_if_mod_revision(
+					b->etcd, key, strlen(key), text,
+					strlen(text), 0, kv.mod_revision, NULL)
+				  : MER_ENOMEM;
+		free(text);
+		json_decref(keep);
+		mer_etcd_kv_clear(&kv);
+		if (rv != MER_ECOMPARE)
+			return;
+	}
+}
+
+/* The first report of a live site since this broker started: the cancels
+ * an earlier broker stored for it (preemption victims) are sent again;
+ * each entry goes when the agent answers (cancel_answered). */
+static void stale_resend(struct mer_broker *b, const char *site)
+{
+	char key[KEY_MAX];
+	struct mer_etcd_kv kv = {0};
+	json_t *list = NULL, *v;
+	size_t i;
+
+	if (!mer_store_key(b->store, key, sizeof(key), "site-stale/%s", site) ||
+	    mer_etcd_get(b->etcd, key, strlen(key), &kv, NULL) != 0) {
+		mer_etcd_kv_clear(&kv);
+		return;
+	}
+	list = json_loadb(kv.value, kv.value_len, 0, NULL);
+	json_array_foreach (list, i, v) {
+		queue_cancel(b, site, json_string_value(v));
+		mer_info("stored cancel sent again", "stage=%s site=%s",
+			 json_string_value(v), site);
+	}
+	json_decref(list);
+	mer_etcd_kv_clear(&kv);
 }
 
 struct lost_ctx {
@@ -1028,6 +1172,8 @@ static void watch_seen(struct mer_broker *b, const char *site)
 		was_lost = site_marked_lost(b, site);
 	if (was_lost)
 		site_back(b, site);
+	else if (check)
+		stale_resend(b, site);
 }
 
 void mer_dispatch_check_sites(struct mer_broker *b)
@@ -1058,14 +1204,305 @@ void mer_dispatch_check_sites(struct mer_broker *b)
 	free(lost);
 }
 
+static void reports_free(struct mer_broker *b);
+
 void mer_dispatch_free_watch(struct mer_broker *b)
 {
+	reports_free(b);
 	if (!b->watch)
 		return;
 	pthread_mutex_destroy(&b->watch->mu);
 	free(b->watch->w);
 	free(b->watch);
 	b->watch = NULL;
+}
+
+/* ---- site reports -----------------------------------------------------------
+ *
+ * A summary is kept in memory when it arrives (cheap, on the link's
+ * callback thread) and written to "<p>/site-reports/<site>" by a flusher
+ * thread, many sites per txn. The federation snapshot reads the memory
+ * copy, so a site's heartbeat is when the broker received its summary,
+ * however far behind the etcd writes are; etcd's copy is for a restarted
+ * broker (at most one flush interval old).
+ */
+
+#define REPORT_FLUSH_MS 250
+/* Puts per txn: etcd's default --max-txn-ops, so any etcd takes it. */
+#define REPORT_TXN_OPS 128
+
+struct report_entry {
+	char site[MER_LINK_NAME_MAX];
+	json_t *snap;	  /* the summary without last_heartbeat; not changed */
+	long long at;	  /* wall clock, s: when it arrived */
+	uint64_t seq;	  /* bumped by every arrival */
+	uint64_t flushed; /* seq in etcd (0: none yet) */
+};
+
+struct site_reports {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct report_entry *e;
+	size_t n, cap, ndirty;
+	int stop, running;
+	pthread_t th;
+};
+
+static struct site_reports *reports_get(struct mer_broker *b)
+{
+	if (!b->reports) {
+		struct site_reports *r = calloc(1, sizeof(*r));
+		if (!r)
+			return NULL;
+		pthread_mutex_init(&r->mu, NULL);
+		pthread_cond_init(&r->cv, NULL);
+		b->reports = r;
+	}
+	return b->reports;
+}
+
+/* The entry of site (added when absent); mu held. */
+static struct report_entry *report_find(struct site_reports *r,
+					const char *site)
+{
+	for (size_t i = 0; i < r->n; i++)
+		if (strcmp(r->e[i].site, site) == 0)
+			return &r->e[i];
+	if (r->n == r->cap) {
+		size_t nc = r->cap ? 2 * r->cap : 64;
+		void *p = realloc(r->e, nc * sizeof(*r->e));
+		if (!p)
+			return NULL;
+		r->e = p;
+		r->cap = nc;
+	}
+	struct report_entry *e = &r->e[r->n++];
+	memset(e, 0, sizeof(*e));
+	snprintf(e->site, sizeof(e->site), "%s", site);
+	return e;
+}
+
+/* Keeps site's summary; the placer is kicked only when it changed (a
+ * heartbeat alone frees no capacity). */
+static int report_note(struct mer_broker *b, const char *site,
+		       const json_t *site_json)
+{
+	struct site_reports *r = reports_get(b);
+	json_t *snap = json_deep_copy(site_json), *old = NULL;
+	int changed = 1, rv = 0;
+
+	if (!json_is_object(snap)) {
+		json_decref(snap);
+		return MER_EPARSE;
+	}
+	if (!r) {
+		json_decref(snap);
+		return MER_ENOMEM;
+	}
+	/* The session says who this is, not the report. */
+	json_object_set_new(snap, "name", json_string(site));
+	json_object_del(snap, "last_heartbeat");
+	pthread_mutex_lock(&r->mu);
+	struct report_entry *e = report_find(r, site);
+	if (!e) {
+		rv = MER_ENOMEM;
+	} else {
+		if (e->snap && json_equal(e->snap, snap))
+			changed = 0;
+		old = e->snap;
+		e->snap = snap;
+		snap = NULL;
+		e->at = (long long)time(NULL);
+		if (e->seq++ == e->flushed)
+			r->ndirty++;
+		if (r->ndirty >= REPORT_TXN_OPS)
+			pthread_cond_signal(&r->cv);
+	}
+	pthread_mutex_unlock(&r->mu);
+	json_decref(old);
+	json_decref(snap);
+	if (rv == 0 && changed)
+		mer_placer_kick(b);
+	return rv;
+}
+
+json_t *mer_dispatch_reports(struct mer_broker *b)
+{
+	struct site_reports *r = b->reports;
+	json_t *out = json_object();
+
+	if (!out || !r)
+		return out;
+	pthread_mutex_lock(&r->mu);
+	for (size_t i = 0; i < r->n; i++) {
+		json_t *s = r->e[i].snap ? json_deep_copy(r->e[i].snap) : NULL;
+		if (!s)
+			continue;
+		json_object_set_new(s, "last_heartbeat",
+				    json_integer(r->e[i].at));
+		json_object_set_new(out, r->e[i].site, s);
+	}
+	pthread_mutex_unlock(&r->mu);
+	return out;
+}
+
+struct report_put {
+	char site[MER_LINK_NAME_MAX];
+	json_t *snap;
+	long long at;
+	char key[KEY_MAX];
+	char *val;
+	uint64_t seq;
+};
+
+/* Writes up to REPORT_TXN_OPS summaries per txn; what failed stays dirty
+ * for the next flush. */
+static void reports_flush(struct mer_broker *b)
+{
+	struct site_reports *r = b->reports;
+	struct report_put *p = NULL;
+	struct mer_etcd_op *ops = NULL;
+	size_t n = 0;
+
+	pthread_mutex_lock(&r->mu);
+	if (r->ndirty)
+		p = calloc(r->ndirty, sizeof(*p));
+	for (size_t i = 0; p && i < r->n && n < r->ndirty; i++) {
+		struct report_entry *e = &r->e[i];
+		if (e->seq == e->flushed || !e->snap)
+			continue;
+		/* Dumped outside the lock: entries are replaced, not
+		 * changed, so a reference is a stable copy. */
+		p[n].snap = json_incref(e->snap);
+		p[n].at = e->at;
+		snprintf(p[n].site, sizeof(p[n].site), "%s", e->site);
+		p[n].seq = e->seq;
+		n++;
+	}
+	pthread_mutex_unlock(&r->mu);
+	for (size_t i = 0; i < n; i++) {
+		json_t *s = json_deep_copy(p[i].snap);
+		if (s)
+			json_object_set_new(s, "last_heartbeat",
+					    json_integer(p[i].at));
+		p[i].val = s ? mer_json_dumps(s) : NULL;
+		json_decref(s);
+		json_decref(p[i].snap);
+		p[i].snap = NULL;
+	}
+	/* An entry that could not be dumped stays dirty. */
+	size_t m = 0;
+	for (size_t i = 0; i < n; i++)
+		if (p[i].val)
+			p[m++] = p[i];
+	n = m;
+	if (n)
+		ops = calloc(n, sizeof(*ops));
+	for (size_t i = 0; ops && i < n; i++) {
+		mer_store_key(b->store, p[i].key, sizeof(p[i].key),
+			      "site-reports/%s", p[i].site);
+		ops[i] = (struct mer_etcd_op){.type = MER_ETCD_OP_PUT,
+					      .key = p[i].key,
+					      .key_len = strlen(p[i].key),
+					      .value = p[i].val,
+					      .value_len = strlen(p[i].val)};
+	}
+	for (size_t at = 0; ops && at < n; at += REPORT_TXN_OPS) {
+		size_t k = n - at < REPORT_TXN_OPS ? n - at : REPORT_TXN_OPS;
+		int rv = mer_etcd_txn(b->etcd, NULL, 0, ops + at, k, NULL, 0,
+				      NULL, NULL);
+		if (rv) {
+			mer_warn("site reports not stored", "sites=%zu err=%s",
+				 k, mer_errname(rv));
+			continue;
+		}
+		pthread_mutex_lock(&r->mu);
+		for (size_t i = at; i < at + k; i++) {
+			struct report_entry *e = report_find(r, p[i].site);
+			if (!e || e->flushed == e->seq)
+				continue;
+			/* A newer arrival since the copy stays dirty. */
+			if (e->seq == p[i].seq)
+				r->ndirty--;
+			e->flushed = p[i].seq;
+		}
+		pthread_mutex_unlock(&r->mu);
+	}
+	for (size_t i = 0; p && i < n; i++)
+		free(p[i].val);
+	free(p);
+	free(ops);
+}
+
+static void *reports_main(void *arg)
+{
+	struct mer_broker *b = arg;
+	struct site_reports *r = b->reports;
+
+	pthread_mutex_lock(&r->mu);
+	while (!r->stop) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += (long)REPORT_FLUSH_MS * 1000000L;
+		ts.tv_sec += ts.tv_nsec / 1000000000L;
+		ts.tv_nsec %= 1000000000L;
+		while (!r->stop && r->ndirty < REPORT_TXN_OPS &&
+		       pthread_cond_timedwait(&r->cv, &r->mu, &ts) == 0)
+			;
+		if (!r->ndirty)
+			continue;
+		pthread_mutex_unlock(&r->mu);
+		reports_flush(b);
+		pthread_mutex_lock(&r->mu);
+	}
+	pthread_mutex_unlock(&r->mu);
+	return NULL;
+}
+
+static int reports_start(struct mer_broker *b)
+{
+	struct site_reports *r = reports_get(b);
+
+	if (!r)
+		return MER_ENOMEM;
+	if (r->running)
+		return 0;
+	r->stop = 0;
+	if (pthread_create(&r->th, NULL, reports_main, b))
+		return MER_ENOMEM;
+	r->running = 1;
+	return 0;
+}
+
+/* Stops the flusher after a last flush (the link is stopped first). */
+static void reports_stop(struct mer_broker *b)
+{
+	struct site_reports *r = b->reports;
+
+	if (!r || !r->running)
+		return;
+	pthread_mutex_lock(&r->mu);
+	r->stop = 1;
+	pthread_cond_signal(&r->cv);
+	pthread_mutex_unlock(&r->mu);
+	pthread_join(r->th, NULL);
+	r->running = 0;
+	reports_flush(b);
+}
+
+static void reports_free(struct mer_broker *b)
+{
+	struct site_reports *r = b->reports;
+
+	if (!r)
+		return;
+	for (size_t i = 0; i < r->n; i++)
+		json_decref(r->e[i].snap);
+	free(r->e);
+	pthread_mutex_destroy(&r->mu);
+	pthread_cond_destroy(&r->cv);
+	free(r);
+	b->reports = NULL;
 }
 
 /* ---- link hooks ------------------------------------------------------------
@@ -1100,32 +1537,10 @@ static int hook_report(void *arg, const char *site, json_t *report)
 	const char *type = json_string_value(json_object_get(report, "type"));
 
 	if (is(type, "summary")) {
-		json_t *snap = json_deep_copy(json_object_get(report, "site"));
-		char key[KEY_MAX];
-		char *v;
-		int rv;
-
-		if (!json_is_object(snap)) {
-			json_decref(snap);
-			return MER_EPARSE;
-		}
-		/* The session says who this is, not the report. */
-		json_object_set_new(snap, "name", json_string(site));
-		json_object_set_new(snap, "last_heartbeat",
-				    json_integer((long long)time(NULL)));
-		mer_store_key(b->store, key, sizeof(key), "site-reports/%s",
-			      site);
-		v = mer_json_dumps(snap);
-		json_decref(snap);
-		if (!v)
-			return MER_ENOMEM;
-		rv = mer_etcd_put(b->etcd, key, strlen(key), v, strlen(v), 0,
-				  NULL);
-		free(v);
+		int rv = report_note(b, site, json_object_get(report, "site"));
 		if (rv)
-			return MER_EBUSY;
+			return rv;
 		watch_seen(b, site);
-		mer_placer_kick(b);
 		return 0;
 	}
 	if (is(type, "events")) {
@@ -1210,6 +1625,11 @@ int mer_dispatch_start(struct mer_broker *b, char *err, size_t errlen)
 		return rv;
 	}
 	mer_info("link listening", "url=%s", mer_link_server_url(b->link));
+	if ((rv = reports_start(b))) {
+		snprintf(err, errlen, "site report flusher: %s",
+			 mer_strerror(rv));
+		return rv;
+	}
 	return 0;
 }
 
@@ -1217,4 +1637,5 @@ void mer_dispatch_stop(struct mer_broker *b)
 {
 	mer_link_server_stop(b->link);
 	b->link = NULL;
+	reports_stop(b);
 }

@@ -237,10 +237,162 @@ static void pre_add(json_t *s, const char *kind, int prio, double amount)
 	}
 }
 
+/* ---- output replicas -------------------------------------------------------
+ * Outputs of succeeded stages, stored at "<p>/replicas/<site>/<name>" by
+ * dispatch and kept here (loaded at start) so that every snapshot lists
+ * them in their site's datasets: later stages and jobs reading them are
+ * drawn to where they are (data gravity) without an etcd read per
+ * snapshot. */
+
+struct rep_entry {
+	char site[MER_LINK_NAME_MAX];
+	char name[256];
+	json_t *ds; /* the catalog entry: name, bytes, tags */
+};
+
+struct rep_table {
+	struct rep_entry *e;
+	size_t n, cap;
+};
+
+/* pmu held. */
+static void rep_put(struct mer_broker *b, const char *site, const json_t *o)
+{
+	struct rep_table *t = b->reps;
+	const char *name = json_string_value(json_object_get(o, "name"));
+	const json_t *tags = json_object_get(o, "tags");
+	struct rep_entry *e = NULL;
+	json_t *ds;
+
+	if (!site || !name || strlen(site) >= sizeof(e->site) ||
+	    strlen(name) >= sizeof(e->name) ||
+	    !json_is_number(json_object_get(o, "bytes")))
+		return;
+	if (!t && !(t = b->reps = calloc(1, sizeof(*b->reps))))
+		return;
+	/* "o" takes the tags' reference, also when packing fails. */
+	ds = json_pack("{s:s, s:f, s:o}", "name", name, "bytes",
+		       json_number_value(json_object_get(o, "bytes")), "tags",
+		       json_is_array(tags) ? json_deep_copy(tags)
+					   : json_array());
+	if (!ds)
+		return;
+	for (size_t i = 0; i < t->n && !e; i++)
+		if (strcmp(t->e[i].site, site) == 0 &&
+		    strcmp(t->e[i].name, name) == 0)
+			e = &t->e[i];
+	if (!e) {
+		if (t->n == t->cap) {
+			size_t nc = t->cap ? 2 * t->cap : 32;
+			void *p = realloc(t->e, nc * sizeof(*t->e));
+			if (!p) {
+				json_decref(ds);
+				return;
+			}
+			t->e = p;
+			t->cap = nc;
+		}
+		e = &t->e[t->n++];
+		memset(e, 0, sizeof(*e));
+		snprintf(e->site, sizeof(e->site), "%s", site);
+		snprintf(e->name, sizeof(e->name), "%s", name);
+	}
+	json_decref(e->ds);
+	e->ds = ds;
+}
+
+void mer_placer_replica_note(struct mer_broker *b, const char *site,
+			     const json_t *o)
+{
+	pthread_mutex_lock(&b->pmu);
+	rep_put(b, site, o);
+	pthread_mutex_unlock(&b->pmu);
+}
+
+/* Reads "<p>/replicas/<site>/<name>" keys (pages of 500). */
+static void replicas_load_all(struct mer_broker *b)
+{
+	char prefix[200], after[600] = "";
+	size_t plen =
+		   mer_store_key(b->store, prefix, sizeof(prefix), "replicas/"),
+	       alen = 0, total = 0;
+
+	for (;;) {
+		struct mer_etcd_range r = {0};
+		if (!plen || mer_etcd_range_prefix(b->etcd, prefix, plen,
+						   alen ? after : NULL, alen,
+						   500, 0, 0, &r, NULL) != 0)
+			return;
+		for (size_t i = 0; i < r.n; i++) {
+			char site[MER_LINK_NAME_MAX];
+			const char *k = r.kvs[i].key + plen;
+			const char *slash = strchr(k, '/');
+			json_t *o = json_loadb(r.kvs[i].value,
+					       r.kvs[i].value_len, 0, NULL);
+			if (slash && (size_t)(slash - k) < sizeof(site) &&
+			    json_is_object(o)) {
+				snprintf(site, sizeof(site), "%.*s",
+					 (int)(slash - k), k);
+				pthread_mutex_lock(&b->pmu);
+				rep_put(b, site, o);
+				pthread_mutex_unlock(&b->pmu);
+				total++;
+			}
+			json_decref(o);
+		}
+		int more = r.more && r.n;
+		if (more) {
+			alen = r.kvs[r.n - 1].key_len < sizeof(after)
+				   ? r.kvs[r.n - 1].key_len
+				   : 0;
+			memcpy(after, r.kvs[r.n - 1].key, alen);
+		}
+		mer_etcd_range_clear(&r);
+		if (!more || !alen)
+			break;
+	}
+	if (total)
+		mer_info("output replicas loaded", "entries=%zu", total);
+}
+
+static int has_dataset(const json_t *arr, const char *name)
+{
+	const json_t *v;
+	size_t i;
+
+	json_array_foreach (arr, i, v)
+		if (strcmp(json_string_value(json_object_get(v, "name"))
+			       ? json_string_value(json_object_get(v, "name"))
+			       : "",
+			   name) == 0)
+			return 1;
+	return 0;
+}
+
+/* pmu held. */
+static void rep_add(struct mer_broker *b, const char *site, json_t *s)
+{
+	json_t *arr = json_object_get(s, "datasets");
+
+	for (size_t i = 0; b->reps && i < b->reps->n; i++) {
+		const struct rep_entry *e = &b->reps->e[i];
+		if (strcmp(e->site, site) != 0)
+			continue;
+		if (!json_is_array(arr)) {
+			arr = json_array();
+			if (!arr || json_object_set_new(s, "datasets", arr))
+				return;
+		}
+		if (!has_dataset(arr, e->name))
+			json_array_append_new(arr, json_deep_copy(e->ds));
+	}
+}
+
 void mer_placer_add_preemptible(struct mer_broker *b, const char *site,
 				json_t *s)
 {
 	pthread_mutex_lock(&b->pmu);
+	rep_add(b, site, s);
 	for (size_t i = 0; b->pre && i < b->pre->n; i++) {
 		const struct pre_stage *e = &b->pre->e[i];
 		char kind[80];
@@ -305,6 +457,125 @@ static void preempt_for(struct mer_broker *b, const struct mer_policy *pol,
 	free(v);
 }
 
+/* ---- live GPU usage by model ----------------------------------------------
+ * GPUs each job's dispatched and running stages hold (count x replicas of
+ * the first acceptable model, the one the launch asks for), so that the
+ * policy's per-model GPU quotas count what earlier rounds placed. */
+
+struct gpu_use {
+	char job[MER_JOB_ID_SIZE];
+	uint16_t tenant; /* index in job_table.tenants */
+	char model[64];
+	double gpus;
+};
+
+struct gpu_table {
+	struct gpu_use *e;
+	size_t n, cap;
+};
+
+/* pmu held. */
+static void gpu_note(struct mer_broker *b, const json_t *rec, const char *id,
+		     uint16_t tenant)
+{
+	struct gpu_table *t = b->gpus;
+	const json_t *s;
+	size_t i, k = 0;
+
+	if (!t && !(t = b->gpus = calloc(1, sizeof(*b->gpus))))
+		return;
+	for (i = 0; i < t->n; i++)
+		if (strcmp(t->e[i].job, id) != 0)
+			t->e[k++] = t->e[i];
+	t->n = k;
+	if (tenant == 0xffff)
+		return;
+	json_array_foreach (json_object_get(rec, "stages"), i, s) {
+		const char *st = json_string_value(json_object_get(s, "state"));
+		const json_t *sp = spec_stage(
+		    rec, json_string_value(json_object_get(s, "name")));
+		const json_t *gpu =
+		    json_object_get(json_object_get(sp, "resources"), "gpu");
+		const char *model = json_string_value(
+		    json_array_get(json_object_get(gpu, "models"), 0));
+		json_int_t cnt =
+		    json_integer_value(json_object_get(gpu, "count"));
+		json_int_t reps =
+		    json_integer_value(json_object_get(sp, "replicas"));
+		if (!st || !model || cnt <= 0 ||
+		    !(strcmp(st, MER_ST_DISPATCHED) == 0 ||
+		      strcmp(st, MER_ST_RUNNING) == 0))
+			continue;
+		if (t->n == t->cap) {
+			size_t nc = t->cap ? 2 * t->cap : 32;
+			void *p = realloc(t->e, nc * sizeof(*t->e));
+			if (!p)
+				return;
+			t->e = p;
+			t->cap = nc;
+		}
+		struct gpu_use *e = &t->e[t->n++];
+		memset(e, 0, sizeof(*e));
+		snprintf(e->job, sizeof(e->job), "%s", id);
+		snprintf(e->model, sizeof(e->model), "%s", model);
+		e->tenant = tenant;
+		e->gpus = (double)cnt * (double)(reps > 0 ? reps : 1);
+	}
+}
+
+/* Per tenant and model, as of a round's start (job left empty). */
+static struct gpu_use *gpu_snapshot(struct mer_broker *b, size_t *n)
+{
+	struct gpu_use *out = NULL;
+
+	*n = 0;
+	pthread_mutex_lock(&b->pmu);
+	if (b->gpus && b->gpus->n)
+		out = calloc(b->gpus->n, sizeof(*out));
+	for (size_t i = 0; out && i < b->gpus->n; i++) {
+		const struct gpu_use *e = &b->gpus->e[i];
+		size_t j = 0;
+		while (j < *n && !(out[j].tenant == e->tenant &&
+				   strcmp(out[j].model, e->model) == 0))
+			j++;
+		if (j == *n) {
+			out[j].tenant = e->tenant;
+			memcpy(out[j].model, e->model, sizeof(out[j].model));
+			(*n)++;
+		}
+		out[j].gpus += e->gpus;
+	}
+	pthread_mutex_unlock(&b->pmu);
+	return out;
+}
+
+/* The engine's usage entries of tenant (pointing into snap); NULL when
+ * none. */
+static struct mer_usage_gpu *gpu_usage_of(struct mer_broker *b,
+					  const struct gpu_use *snap,
+					  size_t nsnap, const char *tenant,
+					  size_t *n)
+{
+	struct mer_usage_gpu *u = NULL;
+
+	*n = 0;
+	if (!nsnap || !tenant)
+		return NULL;
+	pthread_mutex_lock(&b->pmu);
+	for (size_t i = 0; b->jobs && i < nsnap; i++) {
+		if (snap[i].tenant >= b->jobs->ntenants ||
+		    strcmp(b->jobs->tenants[snap[i].tenant], tenant) != 0)
+			continue;
+		if (!u && !(u = calloc(nsnap, sizeof(*u))))
+			break;
+		u[*n].model = snap[i].model;
+		u[*n].gpus = snap[i].gpus;
+		(*n)++;
+	}
+	pthread_mutex_unlock(&b->pmu);
+	return u;
+}
+
 void mer_placer_note(struct mer_broker *b, const json_t *rec)
 {
 	const char *id = json_string_value(json_object_get(rec, "id"));
@@ -327,6 +598,7 @@ void mer_placer_note(struct mer_broker *b, const json_t *rec)
 		    json_string_value(json_object_get(rec, "state")));
 		if (tn)
 			e->tenant = tenant_index(b->jobs, tn);
+		gpu_note(b, rec, id, e->tenant);
 		memset(e->stages, 0, sizeof(e->stages));
 		json_array_foreach (stages, i, s) {
 			int k = state_index(
@@ -527,8 +799,7 @@ static double mono_s(void)
 }
 
 /* Stages each tenant holds (placed, dispatched, running), for the
- * policy's concurrent-stage quota. GPU quotas need per-model usage, which
- * comes with dispatch. */
+ * policy's concurrent-stage quota (GPU quotas: gpu_snapshot). */
 static long long *tenant_usage(struct mer_broker *b, size_t *n)
 {
 	long long *u = NULL;
@@ -717,8 +988,10 @@ static void history_for(struct mer_broker *b, const char *tenant,
 static void place_one(struct mer_broker *b, struct mer_engine *eng,
 		      const struct mer_fed *fed,
 		      const struct mer_policy_ref *pr, const long long *usage,
-		      size_t nusage, const char *id)
+		      size_t nusage, const struct gpu_use *gsnap, size_t ngsnap,
+		      const char *id)
 {
+	struct mer_usage_gpu *gpus = NULL;
 	json_t *rec = NULL, *after = NULL;
 	struct mer_stage_fix *fixed = NULL;
 	struct hist_buf hist = {0};
@@ -743,8 +1016,12 @@ static void place_one(struct mer_broker *b, struct mer_engine *eng,
 		mer_warn("stored job does not parse", "job=%s why=%s", id, err);
 		goto out;
 	}
+	size_t ngpus = 0;
+	gpus = gpu_usage_of(b, gsnap, ngsnap, job->tenant, &ngpus);
 	struct mer_usage use = {.concurrent_stages =
-				    usage_of(b, usage, nusage, job->tenant)};
+				    usage_of(b, usage, nusage, job->tenant),
+				.gpus = gpus,
+				.ngpus = ngpus};
 	/* Stages that have a site keep it: only the pending ones are
 	 * placed (again), next to where the others run or ran. */
 	json_t *st_arr = json_object_get(rec, "stages"), *sv;
@@ -823,6 +1100,7 @@ static void place_one(struct mer_broker *b, struct mer_engine *eng,
 out:
 	json_decref(after);
 	free(fixed);
+	free(gpus);
 	mer_placement_free(pl);
 	free(hist.e);
 	free(hist.keys);
@@ -852,6 +1130,8 @@ static void place_round(struct mer_broker *b, char (*ids)[MER_JOB_ID_SIZE],
 	 * round's own placements take. */
 	size_t nusage = 0;
 	long long *usage = tenant_usage(b, &nusage);
+	size_t ngsnap = 0;
+	struct gpu_use *gsnap = gpu_snapshot(b, &ngsnap);
 	for (size_t i = 0; i < n; i++) {
 		if (i % 64 == 63) {
 			/* a long round must not hold up shutdown */
@@ -861,9 +1141,11 @@ static void place_round(struct mer_broker *b, char (*ids)[MER_JOB_ID_SIZE],
 			if (stop)
 				break;
 		}
-		place_one(b, eng, fr->fed, pr, usage, nusage, ids[i]);
+		place_one(b, eng, fr->fed, pr, usage, nusage, gsnap, ngsnap,
+			  ids[i]);
 	}
 	free(usage);
+	free(gsnap);
 out:
 	mer_engine_free(eng);
 	mer_broker_fed_put(fr);
@@ -912,6 +1194,7 @@ static void *placer_main(void *arg)
 	size_t nids = 0, capids = 0;
 
 	history_load_all(b);
+	replicas_load_all(b);
 	/* Resume: every job etcd has is counted; pending ones placed. */
 	struct recover rc = {.b = b};
 	int rv = mer_store_scan(b->store, recover_one, &rc);
@@ -1015,6 +1298,18 @@ void mer_placer_free_table(struct mer_broker *b)
 		free(b->hist->e);
 		free(b->hist);
 		b->hist = NULL;
+	}
+	if (b->reps) {
+		for (size_t i = 0; i < b->reps->n; i++)
+			json_decref(b->reps->e[i].ds);
+		free(b->reps->e);
+		free(b->reps);
+		b->reps = NULL;
+	}
+	if (b->gpus) {
+		free(b->gpus->e);
+		free(b->gpus);
+		b->gpus = NULL;
 	}
 	if (b->pre) {
 		free(b->pre->e);

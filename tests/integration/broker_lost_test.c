@@ -365,6 +365,13 @@ static void test_lost_stage_retried(void)
 	snprintf(key, sizeof(key), "/meridian/history/acme/retry/work/%s",
 		 nz(json_string_value(json_object_get(s, "site"))));
 	json_decref(job);
+	/* Written just after the record that says succeeded. */
+	long long end = t_now_ms() + 5000;
+	while (mer_etcd_get(F.cli, key, strlen(key), &kv, NULL) ==
+		   MER_ENOTFOUND &&
+	       t_now_ms() < end)
+		t_sleep_ms(50);
+	mer_etcd_kv_clear(&kv);
 	T_OK(mer_etcd_get(F.cli, key, strlen(key), &kv, NULL));
 	json_t *h = json_loadb(kv.value, kv.value_len, 0, NULL);
 	mer_etcd_kv_clear(&kv);
