@@ -11,6 +11,7 @@
 
 #include <curl/curl.h>
 #include <jansson.h>
+#include <sodium.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -308,6 +309,95 @@ static inline int bfx_req(const struct bfx *f, const char *method,
 static inline const char *bres_str(const struct bres *r, const char *key)
 {
 	return json_string_value(json_object_get(r->json, key));
+}
+
+/* A site agent for the broker tests: a sim site, joined with a token from
+ * POST /v1/tokens exactly as a site admin would, then run from
+ * bin/meridian-agent with its config and state under f->dir. */
+struct bfx_site {
+	const char *name, *region;
+	const char *gpu_price, *core_price; /* JSON numbers, e.g. "2.0" */
+};
+
+static inline const char *bfx_nz(const char *s)
+{
+	return s ? s : "";
+}
+
+static inline void bfx_agent_paths(const struct bfx *f, const char *name,
+				   char *bin, char *cfg, char *log, size_t n)
+{
+	const char *dir = getenv("MERIDIAN_BIN");
+
+	snprintf(bin, n, "%s/meridian-agent", dir && *dir ? dir : "bin");
+	snprintf(cfg, n, "%s/%s.json", f->dir, name);
+	snprintf(log, n, "%s/%s.log", f->dir, name);
+}
+
+/* Starts a joined site's agent again with the config and state that
+ * bfx_agent_join wrote. */
+static inline int bfx_agent_respawn(const struct bfx *f, const char *name,
+				    struct t_proc **out)
+{
+	char bin[600], cfg[600], log[600];
+
+	bfx_agent_paths(f, name, bin, cfg, log, sizeof(bin));
+	char *argv[] = {bin, "--config", cfg, NULL};
+	return t_proc_spawn(bin, argv, NULL, log, out);
+}
+
+static inline int bfx_agent_join(const struct bfx *f,
+				 const struct bfx_site *s, struct t_proc **out)
+{
+	char bin[600], cfg[600], log[600], sim[600], text[4096];
+	char token[128], fp[96];
+	struct bres r;
+	struct t_proc *j;
+	int rv, status = 0;
+
+	snprintf(text, sizeof(text),
+		 "{\"site\": \"%s\", \"region\": \"%s\", \"ttl\": \"10m\"}",
+		 s->name, s->region);
+	if ((rv = bfx_req(f, "POST", "/v1/tokens", BFX_ADMIN, text, NULL,
+			  &r)) ||
+	    r.status != 201) {
+		bres_clear(&r);
+		return rv ? rv : MER_EREMOTE;
+	}
+	snprintf(token, sizeof(token), "%s", bfx_nz(bres_str(&r, "token")));
+	snprintf(fp, sizeof(fp), "%s", bfx_nz(bres_str(&r, "broker_key")));
+	bres_clear(&r);
+
+	bfx_agent_paths(f, s->name, bin, cfg, log, sizeof(bin));
+	snprintf(sim, sizeof(sim), "%s/tests/fixtures/broker/sim-site.json",
+		 bfx_top());
+	snprintf(text, sizeof(text),
+		 "{\"site\": {\"name\": \"%s\", \"region\": \"%s\"},"
+		 " \"scheduler\": {\"kind\": \"sim\", \"sim_file\": \"%s\","
+		 " \"time_scale\": 100},"
+		 " \"prices\": {\"gpu_hour\": {\"a100\": %s}, "
+		 "\"core_hour\": %s},"
+		 " \"agent\": {\"state_file\": \"%s/%s.state\","
+		 " \"key_file\": \"%s/%s.key\", \"broker\": \"%s\","
+		 " \"broker_key\": \"%s\", \"report_interval\": \"1s\","
+		 " \"poll_interval\": \"200ms\"}}",
+		 s->name, s->region, sim, s->gpu_price, s->core_price, f->dir,
+		 s->name, f->dir, s->name, f->link, fp);
+	if ((rv = bfx_write(cfg, text)))
+		return rv;
+	char *jargv[] = {bin,	   "join", "--broker", (char *)f->link,
+			 "--token", token, "--broker-key", fp,
+			 "--config", cfg,  NULL};
+	sodium_memzero(text, sizeof(text));
+	if ((rv = t_proc_spawn(bin, jargv, NULL, log, &j)))
+		return rv;
+	for (int k = 0; k < 200 && !t_proc_exited(j, &status); k++)
+		t_sleep_ms(50);
+	t_proc_stop(j, 1000, &status);
+	sodium_memzero(token, sizeof(token));
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		return MER_EAUTH;
+	return bfx_agent_respawn(f, s->name, out);
 }
 
 #endif

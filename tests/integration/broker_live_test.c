@@ -19,84 +19,27 @@ static struct t_proc *agents[2];
 static const char *site_names[2] = {"sim-a", "sim-b"};
 static const char *site_regions[2] = {"eu-west-1", "us-east-1"};
 
-static const char *nz(const char *s)
-{
-	return s ? s : "";
-}
-
 static int start_agent(int i)
 {
-	char cfg[600], text[4096], log[600], bin[600], sim[600];
-	const char *dir = getenv("MERIDIAN_BIN");
-	struct bres r;
-	int rv;
-
-	snprintf(text, sizeof(text),
-		 "{\"site\": \"%s\", \"region\": \"%s\", \"ttl\": \"10m\"}",
-		 site_names[i], site_regions[i]);
-	if ((rv = bfx_req(&F, "POST", "/v1/tokens", BFX_ADMIN, text, NULL,
-			  &r)) ||
-	    r.status != 201) {
-		bres_clear(&r);
-		return rv ? rv : MER_EREMOTE;
-	}
-	char token[128], fp[96];
-	snprintf(token, sizeof(token), "%s", nz(bres_str(&r, "token")));
-	snprintf(fp, sizeof(fp), "%s", nz(bres_str(&r, "broker_key")));
-	bres_clear(&r);
-	snprintf(sim, sizeof(sim), "%s/tests/fixtures/broker/sim-site.json",
-		 bfx_top());
-	snprintf(cfg, sizeof(cfg), "%s/%s.json", F.dir, site_names[i]);
 	/* sim-a is the cheaper site: only data gravity draws work to
 	 * sim-b. */
-	snprintf(text, sizeof(text),
-		 "{\"site\": {\"name\": \"%s\", \"region\": \"%s\"},"
-		 " \"scheduler\": {\"kind\": \"sim\", \"sim_file\": \"%s\","
-		 " \"time_scale\": 100},"
-		 " \"prices\": {\"gpu_hour\": {\"a100\": %s}, "
-		 "\"core_hour\": %s},"
-		 " \"agent\": {\"state_file\": \"%s/%s.state\","
-		 " \"key_file\": \"%s/%s.key\", \"broker\": \"%s\","
-		 " \"broker_key\": \"%s\", \"report_interval\": \"1s\","
-		 " \"poll_interval\": \"200ms\"}}",
-		 site_names[i], site_regions[i], sim, i ? "2.5" : "2.0",
-		 i ? "0.05" : "0.01", F.dir, site_names[i], F.dir,
-		 site_names[i], F.link, fp);
-	if ((rv = bfx_write(cfg, text)))
-		return rv;
-	snprintf(bin, sizeof(bin), "%s/meridian-agent",
-		 dir && *dir ? dir : "bin");
-	snprintf(log, sizeof(log), "%s/%s.log", F.dir, site_names[i]);
-	char *jargv[] = {
-	    bin,   "join",	   "--broker", F.link,	   "--token",
-	    token, "--broker-key", fp,	       "--config", cfg,
-	    NULL};
-	struct t_proc *j;
-	int status = 0;
-	if ((rv = t_proc_spawn(bin, jargv, NULL, log, &j)))
-		return rv;
-	for (int k = 0; k < 200 && !t_proc_exited(j, &status); k++)
-		t_sleep_ms(50);
-	t_proc_stop(j, 1000, &status);
-	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-		return MER_EAUTH;
-	char *argv[] = {bin, "--config", cfg, NULL};
-	return t_proc_spawn(bin, argv, NULL, log, &agents[i]);
+	const struct bfx_site s = {site_names[i], site_regions[i],
+				   i ? "2.5" : "2.0", i ? "0.05" : "0.01"};
+	return bfx_agent_join(&F, &s, &agents[i]);
 }
 
 /* Starts agent i again with the config and state start_agent wrote. */
 static int respawn_agent(int i)
 {
-	char cfg[600], log[600], bin[600];
-	const char *dir = getenv("MERIDIAN_BIN");
-
-	snprintf(cfg, sizeof(cfg), "%s/%s.json", F.dir, site_names[i]);
-	snprintf(bin, sizeof(bin), "%s/meridian-agent",
-		 dir && *dir ? dir : "bin");
-	snprintf(log, sizeof(log), "%s/%s.log", F.dir, site_names[i]);
-	char *argv[] = {bin, "--config", cfg, NULL};
-	return t_proc_spawn(bin, argv, NULL, log, &agents[i]);
+	return bfx_agent_respawn(&F, site_names[i], &agents[i]);
 }
+
+static const char *nz(const char *s)
+{
+	return s ? s : "";
+}
+
+
 
 static int site_reported(const char *name)
 {
