@@ -346,8 +346,8 @@ static inline int bfx_agent_respawn(const struct bfx *f, const char *name,
 	return t_proc_spawn(bin, argv, NULL, log, out);
 }
 
-static inline int bfx_agent_join(const struct bfx *f,
-				 const struct bfx_site *s, struct t_proc **out)
+static inline int bfx_agent_join(const struct bfx *f, const struct bfx_site *s,
+				 struct t_proc **out)
 {
 	char bin[600], cfg[600], log[600], sim[600], text[4096];
 	char token[128], fp[96];
@@ -358,8 +358,8 @@ static inline int bfx_agent_join(const struct bfx *f,
 	snprintf(text, sizeof(text),
 		 "{\"site\": \"%s\", \"region\": \"%s\", \"ttl\": \"10m\"}",
 		 s->name, s->region);
-	if ((rv = bfx_req(f, "POST", "/v1/tokens", BFX_ADMIN, text, NULL,
-			  &r)) ||
+	if ((rv =
+		 bfx_req(f, "POST", "/v1/tokens", BFX_ADMIN, text, NULL, &r)) ||
 	    r.status != 201) {
 		bres_clear(&r);
 		return rv ? rv : MER_EREMOTE;
@@ -385,9 +385,10 @@ static inline int bfx_agent_join(const struct bfx *f,
 		 s->name, f->dir, s->name, f->link, fp);
 	if ((rv = bfx_write(cfg, text)))
 		return rv;
-	char *jargv[] = {bin,	   "join", "--broker", (char *)f->link,
-			 "--token", token, "--broker-key", fp,
-			 "--config", cfg,  NULL};
+	char *jargv[] = {
+	    bin,   "join",	   "--broker", (char *)f->link, "--token",
+	    token, "--broker-key", fp,	       "--config",	cfg,
+	    NULL};
 	sodium_memzero(text, sizeof(text));
 	if ((rv = t_proc_spawn(bin, jargv, NULL, log, &j)))
 		return rv;
