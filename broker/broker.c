@@ -380,7 +380,7 @@ int mer_broker_federation(struct mer_broker *b, struct mer_fed **fed,
 			continue;
 		if (json_is_true(json_object_get(st, "drained")))
 			json_object_set_new(s, "drained", json_true());
-		mer_placer_add_preemptible(b, name, s);
+		mer_placer_annotate_site(b, name, s);
 		json_object_del(s, "lost");
 		if (json_is_true(json_object_get(st, "lost")))
 			json_object_set_new(s, "health", json_string("down"));

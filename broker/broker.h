@@ -157,8 +157,8 @@ void mer_placer_note(struct mer_broker *b, const json_t *rec);
  * resource of its first pool that has the kind), and the outputs stages
  * made there (mer_placer_replica_note) to its "datasets" when the site
  * does not list a dataset of that name already. */
-void mer_placer_add_preemptible(struct mer_broker *b, const char *site,
-				json_t *s);
+void mer_placer_annotate_site(struct mer_broker *b, const char *site,
+			      json_t *s);
 /* A finished-stage history record as written to etcd (o: "runtime_s",
  * "wait_s", "samples"), kept for the engine. */
 void mer_placer_history_note(struct mer_broker *b, const char *tenant,

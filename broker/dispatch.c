@@ -605,7 +605,7 @@ static void history_record(struct mer_broker *b, const json_t *rec,
  * site: "<p>/replicas/<site>/<output name>" = {name, bytes, tags, job,
  * stage, created_at} (the job's expected size; a newer output of the same
  * name at the site replaces the older). Snapshots list them in the site's
- * datasets (mer_placer_add_preemptible), so later stages and jobs reading
+ * datasets (mer_placer_annotate_site), so later stages and jobs reading
  * them are placed near them.
  */
 static void replicas_record(struct mer_broker *b, const json_t *rec,
