@@ -388,8 +388,7 @@ static void rep_add(struct mer_broker *b, const char *site, json_t *s)
 	}
 }
 
-void mer_placer_annotate_site(struct mer_broker *b, const char *site,
-			      json_t *s)
+void mer_placer_annotate_site(struct mer_broker *b, const char *site, json_t *s)
 {
 	pthread_mutex_lock(&b->pmu);
 	rep_add(b, site, s);
