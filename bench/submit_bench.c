@@ -106,6 +106,40 @@ static double run(int mode, int clients, size_t value_len,
 	return (double)ok / el;
 }
 
+/* sum and count of one of the broker's histograms, from /metrics. */
+struct hist {
+	double sum, count;
+};
+
+static void scrape(struct hist *http, struct hist *etcd)
+{
+	static const char *names[] = {
+	    "\nmeridian_http_request_duration_seconds_",
+	    "\nmeridian_etcd_request_duration_seconds_"};
+	struct hist *out[] = {http, etcd};
+	struct bres r;
+	char key[96];
+
+	bfx_req(&F, "GET", "/metrics", NULL, NULL, NULL, &r);
+	for (int i = 0; i < 2; i++) {
+		const char *p;
+		*out[i] = (struct hist){0};
+		snprintf(key, sizeof(key), "%ssum ", names[i]);
+		if (r.body && (p = strstr(r.body, key)))
+			out[i]->sum = strtod(p + strlen(key), NULL);
+		snprintf(key, sizeof(key), "%scount ", names[i]);
+		if (r.body && (p = strstr(r.body, key)))
+			out[i]->count = strtod(p + strlen(key), NULL);
+	}
+	bres_clear(&r);
+}
+
+static double mean_ms(const struct hist *a, const struct hist *b)
+{
+	double n = b->count - a->count;
+	return n > 0 ? (b->sum - a->sum) / n * 1e3 : 0;
+}
+
 static long rss_kb(pid_t pid)
 {
 	char path[64], *text = NULL;
@@ -213,10 +247,20 @@ int main(void)
 		struct mer_etcd_range rg = {0};
 		bfx_req(&F, "POST", "/v1/jobs", BFX_ACME, job, NULL, &r);
 		bres_clear(&r);
+		/* The record as submitted (its first version): the placer
+		 * may already have rewritten it with its explanation. */
 		if (mer_etcd_range_prefix(raw, key, strlen(key), NULL, 0, 1, 0,
-					  0, &rg, NULL) == 0 &&
-		    rg.n == 1)
-			value_len = rg.kvs[0].value_len;
+					  1, &rg, NULL) == 0 &&
+		    rg.n == 1) {
+			struct mer_etcd_range first = {0};
+			if (mer_etcd_range_prefix(
+				raw, key, strlen(key), NULL, 0, 1,
+				rg.kvs[0].create_revision, 0, &first,
+				NULL) == 0 &&
+			    first.n == 1)
+				value_len = first.kvs[0].value_len;
+			mer_etcd_range_clear(&first);
+		}
 		mer_etcd_range_clear(&rg);
 		if (!value_len)
 			value_len = 800;
@@ -226,9 +270,21 @@ int main(void)
 	for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++) {
 		int c = levels[i];
 		unsigned long fb = 0, fr = 0;
+		struct hist h0, e0, h1, e1;
 		double raw_rate = run(1, c, value_len, &fr);
+		scrape(&h0, &e0);
 		double broker_rate = run(0, c, value_len, &fb);
+		scrape(&h1, &e1);
 		double ratio = raw_rate > 0 ? broker_rate / raw_rate : 0;
+		/* Where a submission's time goes: client round trip (from the
+		 * rate), inside the broker's HTTP server, and per etcd
+		 * request (mostly the group-commit txns). */
+		printf("  %2d clients: client round trip %.2f ms, in the "
+		       "broker %.2f ms, per etcd request %.2f ms (%.0f "
+		       "requests)\n",
+		       c, broker_rate > 0 ? c / broker_rate * 1e3 : 0,
+		       mean_ms(&h0, &h1), mean_ms(&e0, &e1),
+		       e1.count - e0.count);
 		printf("  %2d clients: broker %8.0f jobs/s (201), raw etcd "
 		       "puts %8.0f/s, ratio %.2f%s\n",
 		       c, broker_rate, raw_rate, ratio,

@@ -590,6 +590,8 @@ int mer_broker_new(const char *cfg_path, struct mer_broker **out, char *err,
 				    .linger_ms =
 					(unsigned)b->cfg.batch_linger_ms,
 				    .committers = 2,
+				    .max_txn_ops =
+					(unsigned)b->cfg.etcd_max_txn_ops,
 				    .on_stored = on_stored,
 				    .observe = observe_etcd,
 				    .arg = b};

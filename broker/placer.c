@@ -1000,7 +1000,7 @@ static void place_one(struct mer_broker *b, struct mer_engine *eng,
 	double t0 = mono_s();
 	int rv;
 
-	if ((rv = mer_store_get(b->store, id, &rec, NULL)) != 0) {
+	if ((rv = mer_store_get_cached(b->store, id, &rec, NULL)) != 0) {
 		mer_warn("job not readable", "job=%s err=%s", id,
 			 mer_errname(rv));
 		return;

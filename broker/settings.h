@@ -19,6 +19,7 @@ struct mer_broker_cfg {
 	struct mer_strlist etcd_endpoints;
 	char *etcd_prefix; /* "/meridian" */
 	int64_t etcd_timeout_ms;
+	int64_t etcd_max_txn_ops; /* the etcd server's --max-txn-ops */
 	char *etcd_ca_file;
 	char *etcd_cert_file;
 	char *etcd_key_file;

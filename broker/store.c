@@ -26,7 +26,16 @@
 #define BATCH_MAX_BYTES (900u * 1024u)
 #define UPDATE_RETRIES 32
 #define LIST_MAX_PAGES 64
+/* Slots of the record cache (direct-mapped by id): a few MiB of recent
+ * records, enough for every job a burst of submissions and its placement
+ * round touch. */
+#define CACHE_SLOTS 4096
 
+/*
+ * One write waiting for a committer: a new job (record + index, maybe an
+ * idempotency record) or a guarded update of one (record + index, guarded
+ * by job_rev, plus the caller's extra ops). Several go into one txn.
+ */
 struct item {
 	struct item *next;
 	char job_key[KEY_MAX];
@@ -34,16 +43,33 @@ struct item {
 	char idem_key[KEY_MAX]; /* "" for none */
 	char *job_val, *idx_val, *idem_val;
 	int64_t idem_rev; /* mod_revision the idem record must still have */
-	size_t bytes;
+	int64_t job_rev;  /* updates: the mod_revision the record must have */
+	int is_update;
+	struct mer_store_ops *extra; /* updates: more ops in the same txn */
+	size_t bytes, nops;
+	json_t *rec; /* the record as written, for the cache */
 	char id[MER_JOB_ID_SIZE];
 	int done;
 	int rv;
+	int64_t revision; /* etcd's revision after the txn (the record's) */
+};
+
+struct mer_store_ops {
+	struct mer_etcd_op *ops;
+	size_t n, cap, bytes;
+};
+
+/* A record this broker wrote or read, and the mod_revision it had. */
+struct cache_slot {
+	char id[MER_JOB_ID_SIZE];
+	json_t *rec;
+	int64_t rev;
 };
 
 struct mer_store {
 	struct mer_etcd *etcd;
 	char *prefix;
-	unsigned batch_max, linger_ms, ncommit;
+	unsigned batch_max, linger_ms, ncommit, max_ops;
 	void (*on_stored)(void *, const char *);
 	void (*observe)(void *, double);
 	void *arg;
@@ -60,6 +86,8 @@ struct mer_store {
 	int64_t lease;
 	struct mer_etcd_keeper *keeper;
 	struct mer_store_stats stats;
+	pthread_mutex_t cmu; /* the cache */
+	struct cache_slot *cache;
 };
 
 static double mono(void);
@@ -128,41 +156,152 @@ static int rec_keys(struct mer_store *s, const json_t *rec, char *job_key,
 	return 0;
 }
 
+/* ---- record cache ------------------------------------------------------ */
+
+/*
+ * The placer and dispatcher update a job soon after it was stored or last
+ * changed; reading it back from etcd each time doubled etcd's work per job.
+ * The cache keeps the last record this broker wrote or read per slot with
+ * its mod_revision. It is only a first guess for guarded updates (a stale
+ * entry fails the txn's compare and the update re-reads etcd) and for the
+ * placer's look at a job; API reads always go to etcd.
+ */
+static struct cache_slot *slot_of(struct mer_store *s, const char *id)
+{
+	uint32_t h = 2166136261u; /* FNV-1a */
+
+	for (const char *p = id; *p; p++)
+		h = (h ^ (unsigned char)*p) * 16777619u;
+	return &s->cache[h % CACHE_SLOTS];
+}
+
+static void cache_put(struct mer_store *s, const char *id, json_t *rec,
+		      int64_t rev)
+{
+	json_t *old = NULL;
+
+	if (!s->cache || !rec || rev <= 0)
+		return;
+	pthread_mutex_lock(&s->cmu);
+	struct cache_slot *c = slot_of(s, id);
+	/* Two updates of one job may finish out of order: keep the newer. */
+	if (strcmp(c->id, id) != 0 || c->rev < rev) {
+		old = c->rec;
+		snprintf(c->id, sizeof(c->id), "%s", id);
+		c->rec = json_incref(rec);
+		c->rev = rev;
+	}
+	pthread_mutex_unlock(&s->cmu);
+	json_decref(old);
+}
+
+static void cache_drop(struct mer_store *s, const char *id)
+{
+	json_t *old = NULL;
+
+	if (!s->cache)
+		return;
+	pthread_mutex_lock(&s->cmu);
+	struct cache_slot *c = slot_of(s, id);
+	if (strcmp(c->id, id) == 0) {
+		old = c->rec;
+		c->rec = NULL;
+		c->id[0] = 0;
+		c->rev = 0;
+	}
+	pthread_mutex_unlock(&s->cmu);
+	json_decref(old);
+}
+
+/* The cached record of id (new reference) or NULL. Records in the cache
+ * are never changed in place: callers copy before they mutate. */
+static json_t *cache_get(struct mer_store *s, const char *id, int64_t *rev)
+{
+	json_t *rec = NULL;
+
+	if (!s->cache)
+		return NULL;
+	pthread_mutex_lock(&s->cmu);
+	struct cache_slot *c = slot_of(s, id);
+	if (c->rec && strcmp(c->id, id) == 0) {
+		rec = json_incref(c->rec);
+		*rev = c->rev;
+	}
+	pthread_mutex_unlock(&s->cmu);
+	return rec;
+}
+
 /* ---- group commit ------------------------------------------------------ */
 
-static void finish(struct mer_store *s, struct item **items, size_t n, int rv)
+static void finish(struct mer_store *s, struct item **items, size_t n, int rv,
+		   int64_t revision)
 {
+	size_t jobs = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		if (rv == 0)
+			cache_put(s, items[i]->id, items[i]->rec, revision);
+		else if (items[i]->is_update)
+			cache_drop(s, items[i]->id);
+		jobs += !items[i]->is_update;
+	}
 	/* Before the waiters wake: once done is set, an item's submitter may
 	 * free it. */
 	if (rv == 0 && s->on_stored)
 		for (size_t i = 0; i < n; i++)
-			s->on_stored(s->arg, items[i]->id);
+			if (!items[i]->is_update)
+				s->on_stored(s->arg, items[i]->id);
 	pthread_mutex_lock(&s->mu);
 	for (size_t i = 0; i < n; i++) {
 		items[i]->rv = rv;
+		items[i]->revision = revision;
 		items[i]->done = 1;
 	}
 	if (rv == 0) {
 		s->stats.txns++;
-		s->stats.jobs += n;
-	} else {
+		s->stats.jobs += jobs;
+	} else if (rv != MER_ECOMPARE) {
 		s->stats.etcd_errors++;
 	}
 	pthread_cond_broadcast(&s->done);
 	pthread_mutex_unlock(&s->mu);
 }
 
-/* Writes items in one txn: 0, MER_ECOMPARE (an idempotency record changed
- * meanwhile), or etcd's error. */
-static int commit(struct mer_store *s, struct item **items, size_t n)
+static struct mer_etcd_op put_op(const char *key, const char *val)
 {
-	struct mer_etcd_op *ops = calloc(3 * n, sizeof(*ops));
-	struct mer_etcd_cmp *cmps = calloc(n + 1, sizeof(*cmps));
+	return (struct mer_etcd_op){.type = MER_ETCD_OP_PUT,
+				    .key = key,
+				    .key_len = strlen(key),
+				    .value = val,
+				    .value_len = strlen(val)};
+}
+
+static struct mer_etcd_cmp rev_cmp(const char *key, int64_t rev)
+{
+	return (struct mer_etcd_cmp){.key = key,
+				     .key_len = strlen(key),
+				     .target = MER_ETCD_CMP_MOD_REVISION,
+				     .result = MER_ETCD_CMP_EQUAL,
+				     .number = rev};
+}
+
+/* Writes items in one txn: 0 with *revision, MER_ECOMPARE (an
+ * idempotency record or an updated job changed meanwhile), or etcd's
+ * error. */
+static int commit(struct mer_store *s, struct item **items, size_t n,
+		  int64_t *revision)
+{
+	size_t max_ops = 0;
+	for (size_t i = 0; i < n; i++)
+		max_ops += items[i]->nops;
+	struct mer_etcd_op *ops = calloc(max_ops, sizeof(*ops));
+	struct mer_etcd_cmp *cmps = calloc(2 * n + 1, sizeof(*cmps));
 	struct mer_etcd_txn_result r = {0};
 	struct mer_etcd_status st;
 	size_t nops = 0, ncmp = 0;
 	int rv;
 
+	*revision = 0;
 	if (!ops || !cmps) {
 		rv = MER_ENOMEM;
 		goto out;
@@ -170,32 +309,17 @@ static int commit(struct mer_store *s, struct item **items, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		struct item *it = items[i];
 
-		ops[nops++] =
-		    (struct mer_etcd_op){.type = MER_ETCD_OP_PUT,
-					 .key = it->job_key,
-					 .key_len = strlen(it->job_key),
-					 .value = it->job_val,
-					 .value_len = strlen(it->job_val)};
-		ops[nops++] =
-		    (struct mer_etcd_op){.type = MER_ETCD_OP_PUT,
-					 .key = it->idx_key,
-					 .key_len = strlen(it->idx_key),
-					 .value = it->idx_val,
-					 .value_len = strlen(it->idx_val)};
+		ops[nops++] = put_op(it->job_key, it->job_val);
+		if (it->idx_val)
+			ops[nops++] = put_op(it->idx_key, it->idx_val);
+		if (it->is_update)
+			cmps[ncmp++] = rev_cmp(it->job_key, it->job_rev);
 		if (it->idem_key[0]) {
-			ops[nops++] = (struct mer_etcd_op){
-			    .type = MER_ETCD_OP_PUT,
-			    .key = it->idem_key,
-			    .key_len = strlen(it->idem_key),
-			    .value = it->idem_val,
-			    .value_len = strlen(it->idem_val)};
-			cmps[ncmp++] = (struct mer_etcd_cmp){
-			    .key = it->idem_key,
-			    .key_len = strlen(it->idem_key),
-			    .target = MER_ETCD_CMP_MOD_REVISION,
-			    .result = MER_ETCD_CMP_EQUAL,
-			    .number = it->idem_rev};
+			ops[nops++] = put_op(it->idem_key, it->idem_val);
+			cmps[ncmp++] = rev_cmp(it->idem_key, it->idem_rev);
 		}
+		for (size_t k = 0; it->extra && k < it->extra->n; k++)
+			ops[nops++] = it->extra->ops[k];
 	}
 	double t0 = mono();
 	rv = mer_etcd_txn(s->etcd, cmps, ncmp, ops, nops, NULL, 0, &r, &st);
@@ -203,14 +327,28 @@ static int commit(struct mer_store *s, struct item **items, size_t n)
 		s->observe(s->arg, mono() - t0);
 	if (rv == 0 && !r.succeeded)
 		rv = MER_ECOMPARE;
+	if (rv == 0)
+		*revision = r.revision;
 	if (rv && rv != MER_ECOMPARE)
-		mer_warn("job batch not stored", "jobs=%zu err=%s detail=%s", n,
-			 mer_errname(rv), st.message);
+		mer_warn("job batch not stored", "jobs=%zu ops=%zu err=%s "
+			 "detail=%s", n, nops, mer_errname(rv), st.message);
 out:
 	mer_etcd_txn_result_clear(&r);
 	free(ops);
 	free(cmps);
 	return rv;
+}
+
+/* Whether it updates a record already in batch: etcd refuses a txn that
+ * puts one key twice, so such an item waits for the next txn. */
+static int key_in(struct item *const *batch, size_t n, const struct item *it)
+{
+	if (!it->is_update)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(batch[i]->job_key, it->job_key) == 0)
+			return 1;
+	return 0;
 }
 
 static void *committer(void *arg)
@@ -236,35 +374,67 @@ static void *committer(void *arg)
 			if (!s->head)
 				continue;
 		}
-		size_t n = 0, bytes = 0;
+		/* As many as fit etcd's limits: --max-txn-ops and the
+		 * request size. The first always goes (it was checked to fit
+		 * on its own when queued). */
+		size_t n = 0, bytes = 0, nops = 0;
 		while (s->head && n < s->batch_max &&
-		       (n == 0 || bytes + s->head->bytes <= BATCH_MAX_BYTES)) {
+		       (n == 0 || (bytes + s->head->bytes <= BATCH_MAX_BYTES &&
+				   nops + s->head->nops <= s->max_ops &&
+				   !key_in(batch, n, s->head)))) {
 			struct item *it = s->head;
 			s->head = it->next;
 			if (!s->head)
 				s->tail = &s->head;
 			s->queued--;
 			bytes += it->bytes;
+			nops += it->nops;
 			batch[n++] = it;
 		}
 		pthread_mutex_unlock(&s->mu);
 
-		int rv = commit(s, batch, n);
+		int64_t revision = 0;
+		int rv = commit(s, batch, n, &revision);
 		if (rv == MER_ECOMPARE && n > 1) {
-			/* One stale idempotency record must not sink the
-			 * others: write them one by one. */
+			/* One stale idempotency record or job must not sink
+			 * the others: write them one by one. */
 			for (size_t i = 0; i < n; i++) {
-				int r1 = commit(s, &batch[i], 1);
-				finish(s, &batch[i], 1, r1);
+				int r1 = commit(s, &batch[i], 1, &revision);
+				finish(s, &batch[i], 1, r1, revision);
 			}
 		} else {
-			finish(s, batch, n, rv);
+			finish(s, batch, n, rv, revision);
 		}
 		pthread_mutex_lock(&s->mu);
 	}
 	pthread_mutex_unlock(&s->mu);
 	free(batch);
 	return NULL;
+}
+
+/* Queues it for a committer and waits for its txn: the item's rv. */
+static int enqueue_wait(struct mer_store *s, struct item *it)
+{
+	it->bytes = strlen(it->job_val) + (it->idx_val ? strlen(it->idx_val) : 0) +
+		    (it->idem_val ? strlen(it->idem_val) : 0) + 3 * KEY_MAX +
+		    (it->extra ? it->extra->bytes : 0);
+	it->nops = 1 + (it->idx_val != NULL) + (it->idem_key[0] != 0) +
+		   (it->extra ? it->extra->n : 0);
+	if (it->nops > s->max_ops || it->bytes > BATCH_MAX_BYTES)
+		return MER_ETOOBIG;
+	pthread_mutex_lock(&s->mu);
+	if (s->closing) {
+		pthread_mutex_unlock(&s->mu);
+		return MER_ECLOSED;
+	}
+	*s->tail = it;
+	s->tail = &it->next;
+	s->queued++;
+	pthread_cond_signal(&s->work);
+	while (!it->done)
+		pthread_cond_wait(&s->done, &s->mu);
+	pthread_mutex_unlock(&s->mu);
+	return it->rv;
 }
 
 int mer_store_open(const struct mer_store_opts *o, struct mer_store **out)
@@ -279,6 +449,9 @@ int mer_store_open(const struct mer_store_opts *o, struct mer_store **out)
 	s->batch_max = o->batch_max ? o->batch_max : 128;
 	s->linger_ms = o->linger_ms;
 	s->ncommit = o->committers ? o->committers : 2;
+	s->max_ops = o->max_txn_ops ? o->max_txn_ops : 128;
+	s->cache = calloc(CACHE_SLOTS, sizeof(*s->cache));
+	pthread_mutex_init(&s->cmu, NULL);
 	s->on_stored = o->on_stored;
 	s->observe = o->observe;
 	s->arg = o->arg;
@@ -287,7 +460,7 @@ int mer_store_open(const struct mer_store_opts *o, struct mer_store **out)
 	pthread_cond_init(&s->work, NULL);
 	pthread_cond_init(&s->done, NULL);
 	s->threads = calloc(s->ncommit, sizeof(*s->threads));
-	if (!s->prefix || !s->threads) {
+	if (!s->prefix || !s->threads || !s->cache) {
 		mer_store_close(s);
 		return MER_ENOMEM;
 	}
@@ -333,6 +506,10 @@ void mer_store_close(struct mer_store *s)
 	pthread_cond_destroy(&s->work);
 	pthread_cond_destroy(&s->done);
 	pthread_mutex_destroy(&s->mu);
+	for (size_t i = 0; s->cache && i < CACHE_SLOTS; i++)
+		json_decref(s->cache[i].rec);
+	free(s->cache);
+	pthread_mutex_destroy(&s->cmu);
 	free(s->threads);
 	free(s->prefix);
 	free(s);
@@ -482,23 +659,8 @@ int mer_store_submit(struct mer_store *s, const json_t *record,
 			goto out_release;
 		}
 	}
-	it->bytes = strlen(it->job_val) + strlen(it->idx_val) +
-		    (it->idem_val ? strlen(it->idem_val) : 0) + 3 * KEY_MAX;
-
-	pthread_mutex_lock(&s->mu);
-	if (s->closing) {
-		pthread_mutex_unlock(&s->mu);
-		rv = MER_ECLOSED;
-		goto out_release;
-	}
-	*s->tail = it;
-	s->tail = &it->next;
-	s->queued++;
-	pthread_cond_signal(&s->work);
-	while (!it->done)
-		pthread_cond_wait(&s->done, &s->mu);
-	pthread_mutex_unlock(&s->mu);
-	rv = it->rv;
+	it->rec = (json_t *)record;
+	rv = enqueue_wait(s, it);
 	if (rv == 0) {
 		res->status = 201;
 		res->response = json_incref((json_t *)response);
@@ -542,84 +704,164 @@ int mer_store_get(struct mer_store *s, const char *id, json_t **rec,
 	return *rec ? 0 : MER_EPROTO;
 }
 
-int mer_store_update(struct mer_store *s, const char *id,
-		     mer_store_mutate_fn mutate, void *arg, json_t **after)
+int mer_store_get_cached(struct mer_store *s, const char *id, json_t **rec,
+			 int64_t *mod_rev)
 {
+	int64_t rev = 0;
+
+	*rec = NULL;
+	if (!mer_job_id_valid(id))
+		return MER_ENOTFOUND;
+	if ((*rec = cache_get(s, id, &rev))) {
+		if (mod_rev)
+			*mod_rev = rev;
+		return 0;
+	}
+	int rv = mer_store_get(s, id, rec, &rev);
+	if (rv == 0) {
+		cache_put(s, id, *rec, rev);
+		if (mod_rev)
+			*mod_rev = rev;
+	}
+	return rv;
+}
+
+int mer_store_ops_put(struct mer_store_ops *o, const char *key,
+		      const char *value)
+{
+	return mer_store_ops_add(o, MER_ETCD_OP_PUT, key, value);
+}
+
+int mer_store_ops_add(struct mer_store_ops *o, int type, const char *key,
+		      const char *value)
+{
+	if (o->n == o->cap) {
+		size_t cap = o->cap ? 2 * o->cap : 8;
+		struct mer_etcd_op *p = realloc(o->ops, cap * sizeof(*p));
+		if (!p)
+			return MER_ENOMEM;
+		o->ops = p;
+		o->cap = cap;
+	}
+	char *k = strdup(key), *v = value ? strdup(value) : NULL;
+	if (!k || (value && !v)) {
+		free(k);
+		free(v);
+		return MER_ENOMEM;
+	}
+	o->ops[o->n++] = (struct mer_etcd_op){.type = type,
+					      .key = k,
+					      .key_len = strlen(k),
+					      .value = v,
+					      .value_len = v ? strlen(v) : 0};
+	o->bytes += strlen(k) + (v ? strlen(v) : 0);
+	return 0;
+}
+
+static void ops_clear(struct mer_store_ops *o)
+{
+	for (size_t i = 0; i < o->n; i++) {
+		free((char *)o->ops[i].key);
+		free((char *)o->ops[i].value);
+	}
+	free(o->ops);
+	*o = (struct mer_store_ops){0};
+}
+
+/* One try of a guarded update against (rec, mod): MER_ECOMPARE when the
+ * record moved on, MER_ECANCELED when mutate wrote nothing. */
+static int update_once(struct mer_store *s, const char *id, json_t *rec,
+		       int64_t mod, mer_store_mutate_fn mutate,
+		       mer_store_extra_fn extra, void *arg, json_t **after)
+{
+	struct item it = {.is_update = 1, .job_rev = mod};
+	struct mer_store_ops ops = {0};
+	json_t *copy = json_deep_copy(rec), *sum = NULL, *osum = NULL;
+	int rv;
+
+	if (!copy)
+		return MER_ENOMEM;
+	rv = mutate(arg, copy);
+	if (rv == MER_ECANCELED) {
+		if (after)
+			*after = json_incref(rec);
+		goto out;
+	}
+	if (rv == 0)
+		rv = rec_keys(s, copy, it.job_key, it.idx_key);
+	if (rv == 0 && extra)
+		rv = extra(arg, copy, &ops);
+	if (rv)
+		goto out;
+	snprintf(it.id, sizeof(it.id), "%s", id);
+	sum = summary_of(copy);
+	osum = summary_of(rec);
+	it.job_val = mer_json_dumps(copy);
+	if (!sum || !osum || !it.job_val) {
+		rv = MER_ENOMEM;
+		goto out;
+	}
+	/* The index entry changes only with its fields (the state, mostly):
+	 * most updates leave it as it is. */
+	if (!json_equal(sum, osum) && !(it.idx_val = mer_json_dumps(sum))) {
+		rv = MER_ENOMEM;
+		goto out;
+	}
+	it.extra = ops.n ? &ops : NULL;
+	it.rec = copy;
+	rv = enqueue_wait(s, &it);
+	if (rv == 0 && after)
+		*after = json_incref(copy);
+out:
+	free(it.job_val);
+	free(it.idx_val);
+	ops_clear(&ops);
+	json_decref(sum);
+	json_decref(osum);
+	json_decref(copy);
+	return rv;
+}
+
+int mer_store_update_ops(struct mer_store *s, const char *id,
+			 mer_store_mutate_fn mutate, mer_store_extra_fn extra,
+			 void *arg, json_t **after)
+{
+	json_t *rec;
+	int64_t mod = 0;
+
 	if (after)
 		*after = NULL;
+	if (!mer_job_id_valid(id))
+		return MER_ENOTFOUND;
+	/* First against the cached copy (no read), then against etcd's. */
+	rec = cache_get(s, id, &mod);
 	for (int tries = 0; tries < UPDATE_RETRIES; tries++) {
-		json_t *rec = NULL, *copy = NULL, *sum = NULL;
-		char job_key[KEY_MAX], idx_key[KEY_MAX];
-		char *jv = NULL, *iv = NULL;
-		int64_t mod = 0;
-		struct mer_etcd_txn_result r = {0};
-		int rv = mer_store_get(s, id, &rec, &mod);
+		int cached = rec != NULL;
+		int rv = rec ? 0 : mer_store_get(s, id, &rec, &mod);
 
 		if (rv)
 			return rv;
-		copy = json_deep_copy(rec);
-		if (!copy) {
-			json_decref(rec);
-			return MER_ENOMEM;
-		}
-		rv = mutate(arg, copy);
-		if (rv == MER_ECANCELED) {
-			if (after)
-				*after = json_incref(rec);
-			json_decref(rec);
-			json_decref(copy);
-			return 0;
-		}
-		if (rv == 0)
-			rv = rec_keys(s, copy, job_key, idx_key);
-		if (rv == 0) {
-			sum = summary_of(copy);
-			jv = mer_json_dumps(copy);
-			iv = sum ? mer_json_dumps(sum) : NULL;
-			if (!jv || !iv)
-				rv = MER_ENOMEM;
-		}
-		if (rv == 0) {
-			struct mer_etcd_cmp c = {.key = job_key,
-						 .key_len = strlen(job_key),
-						 .target =
-						     MER_ETCD_CMP_MOD_REVISION,
-						 .result = MER_ETCD_CMP_EQUAL,
-						 .number = mod};
-			struct mer_etcd_op ops[2] = {
-			    {.type = MER_ETCD_OP_PUT,
-			     .key = job_key,
-			     .key_len = strlen(job_key),
-			     .value = jv,
-			     .value_len = strlen(jv)},
-			    {.type = MER_ETCD_OP_PUT,
-			     .key = idx_key,
-			     .key_len = strlen(idx_key),
-			     .value = iv,
-			     .value_len = strlen(iv)}};
-			double t0 = mono();
-			rv = mer_etcd_txn(s->etcd, &c, 1, ops, 2, NULL, 0, &r,
-					  NULL);
-			if (s->observe)
-				s->observe(s->arg, mono() - t0);
-			if (rv == 0 && !r.succeeded)
-				rv = MER_ECOMPARE;
-			mer_etcd_txn_result_clear(&r);
-		}
-		free(jv);
-		free(iv);
-		json_decref(sum);
+		rv = update_once(s, id, rec, mod, mutate, extra, arg, after);
 		json_decref(rec);
-		if (rv == 0 && after)
-			*after = json_incref(copy);
-		json_decref(copy);
+		rec = NULL;
+		if (rv == MER_ECANCELED)
+			return 0;
 		if (rv != MER_ECOMPARE)
 			return rv;
+		/* Lost a race (or the cache was behind): read again. */
+		if (cached)
+			continue;
 		pthread_mutex_lock(&s->mu);
 		s->stats.conflicts++;
 		pthread_mutex_unlock(&s->mu);
 	}
 	return MER_EBUSY;
+}
+
+int mer_store_update(struct mer_store *s, const char *id,
+		     mer_store_mutate_fn mutate, void *arg, json_t **after)
+{
+	return mer_store_update_ops(s, id, mutate, NULL, arg, after);
 }
 
 static int cursor_parse(const char *c, char *tenant, size_t tn, char *id)

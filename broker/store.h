@@ -35,6 +35,9 @@ struct mer_store_opts {
 	unsigned batch_max;    /* jobs per txn; 0 = 128 */
 	unsigned linger_ms;    /* extra wait to fill a batch; 0 = none */
 	unsigned committers;   /* txns in flight at once; 0 = 2 */
+	/* etcd's --max-txn-ops: a batch never has more ops; 0 = 128, etcd's
+	 * default. A new job takes 2 ops (3 with an idempotency key). */
+	unsigned max_txn_ops;
 	/* Called (from a committer thread) for each job once stored. */
 	void (*on_stored)(void *arg, const char *id);
 	/* Called with the duration of each etcd txn the store runs. */
@@ -72,9 +75,19 @@ int mer_store_submit(struct mer_store *s, const json_t *record,
 		     const json_t *response, const char *idem_key,
 		     const char body_hash[65], struct mer_submit_result *res);
 
-/* The record of job id (new reference) and its mod_revision. */
+/* The record of job id (new reference) and its mod_revision, from etcd. */
 int mer_store_get(struct mer_store *s, const char *id, json_t **rec,
 		  int64_t *mod_rev);
+
+/*
+ * As mer_store_get, but from the store's cache of records this broker
+ * recently wrote or read when it has one: possibly behind etcd if another
+ * writer changed it since. For decisions a guarded update checks again
+ * (the placer's look at a job); never for answers to clients. The record
+ * is shared: do not change it (copy it).
+ */
+int mer_store_get_cached(struct mer_store *s, const char *id, json_t **rec,
+			 int64_t *mod_rev);
 
 struct mer_list_query {
 	const char *tenant; /* NULL: every tenant (admins) */
@@ -97,11 +110,32 @@ int mer_store_list(struct mer_store *s, const struct mer_list_query *q,
  * in a txn guarded by the mod_revision read, retrying (re-reading) when
  * another writer got there first. mutate returns 0 to write, MER_ECANCELED
  * to write nothing (success), or an error that is returned. *after (may be
- * NULL) gets the record as written (new reference).
+ * NULL) gets the record as written (new reference). mutate may be called
+ * more than once. The first try starts from the cached record (see
+ * mer_store_get_cached) and costs no read; the write goes through the
+ * group commit, so updates share txns with submissions and each other.
  */
 typedef int (*mer_store_mutate_fn)(void *arg, json_t *rec);
+
+/* Extra etcd ops written in the same txn as a record's update. */
+struct mer_store_ops;
+/* Adds a put of key (copied) = value (copied). */
+int mer_store_ops_put(struct mer_store_ops *o, const char *key,
+		      const char *value);
+/* Adds an op of type MER_ETCD_OP_PUT or MER_ETCD_OP_DELETE (value NULL). */
+int mer_store_ops_add(struct mer_store_ops *o, int type, const char *key,
+		      const char *value);
+/* Called after mutate with the record about to be written: adds the ops
+ * that must be written with it (all or nothing). Returns 0 or an error. */
+typedef int (*mer_store_extra_fn)(void *arg, const json_t *rec,
+				  struct mer_store_ops *ops);
 int mer_store_update(struct mer_store *s, const char *id,
 		     mer_store_mutate_fn mutate, void *arg, json_t **after);
+/* mer_store_update, with extra (may be NULL) adding ops to the same txn;
+ * MER_ETOOBIG when they do not fit one txn (max_txn_ops). */
+int mer_store_update_ops(struct mer_store *s, const char *id,
+			 mer_store_mutate_fn mutate, mer_store_extra_fn extra,
+			 void *arg, json_t **after);
 
 /* Calls fn for every job record (paged, one snapshot per page). */
 int mer_store_scan(struct mer_store *s,
