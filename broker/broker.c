@@ -592,6 +592,7 @@ int mer_broker_new(const char *cfg_path, struct mer_broker **out, char *err,
 				    .committers = 2,
 				    .max_txn_ops =
 					(unsigned)b->cfg.etcd_max_txn_ops,
+				    .idem_keep_s = b->cfg.idem_keep_ms / 1000,
 				    .on_stored = on_stored,
 				    .observe = observe_etcd,
 				    .arg = b};

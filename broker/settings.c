@@ -107,6 +107,10 @@ static const struct mer_cfg_row rows[] = {
     {MER_CFG_ROW_DURATION("jobs.batch_linger", CFG, batch_linger_ms, 0, 1000,
 			  "0ms")},
     {MER_CFG_ROW_INT64("jobs.page_limit", CFG, page_limit, 1, 1000, "100")},
+    {MER_CFG_ROW_DURATION("jobs.idempotency_retention", CFG, idem_keep_ms, 0,
+			  366LL * 24 * 3600 * 1000, "24h"),
+     .help = "how long a retry with the same Idempotency-Key gets the first "
+	     "answer (0: for ever)"},
     {MER_CFG_ROW_DURATION("placement.interval", CFG, placement_interval_ms, 10,
 			  10 * 60 * 1000, "2s"),
      .help = "how often pending stages are tried again"},

@@ -32,6 +32,7 @@ struct mer_broker_cfg {
 	int64_t http_max_body;
 	int64_t http_body_timeout_ms;
 	int64_t batch_max;	 /* jobs per etcd txn */
+	int64_t idem_keep_ms;	 /* idempotency answers kept (0: for ever) */
 	int64_t batch_linger_ms; /* extra wait for company (0: group commit
 				    only while a txn is in flight) */
 	int64_t page_limit;	 /* default and maximum of ?limit= */

@@ -43,6 +43,7 @@ struct item {
 	char idem_key[KEY_MAX]; /* "" for none */
 	char *job_val, *idx_val, *idem_val;
 	int64_t idem_rev; /* mod_revision the idem record must still have */
+	int64_t idem_lease; /* the finished record's (0: none) */
 	int64_t job_rev;  /* updates: the mod_revision the record must have */
 	int is_update;
 	struct mer_store_ops *extra; /* updates: more ops in the same txn */
@@ -86,6 +87,11 @@ struct mer_store {
 	int64_t lease;
 	struct mer_etcd_keeper *keeper;
 	struct mer_store_stats stats;
+	/* Finished idempotency records expire with a lease granted per
+	 * window of idem_window_s and living idem_keep_s + one window, so each
+	 * is kept at least idem_keep_s (0: for ever). Under mu. */
+	long long idem_keep_s, idem_window_s, idem_window_end;
+	int64_t idem_lease;
 	pthread_mutex_t cmu; /* the cache */
 	struct cache_slot *cache;
 };
@@ -316,6 +322,7 @@ static int commit(struct mer_store *s, struct item **items, size_t n,
 			cmps[ncmp++] = rev_cmp(it->job_key, it->job_rev);
 		if (it->idem_key[0]) {
 			ops[nops++] = put_op(it->idem_key, it->idem_val);
+			ops[nops - 1].lease = it->idem_lease;
 			cmps[ncmp++] = rev_cmp(it->idem_key, it->idem_rev);
 		}
 		for (size_t k = 0; it->extra && k < it->extra->n; k++)
@@ -450,6 +457,9 @@ int mer_store_open(const struct mer_store_opts *o, struct mer_store **out)
 	s->linger_ms = o->linger_ms;
 	s->ncommit = o->committers ? o->committers : 2;
 	s->max_ops = o->max_txn_ops ? o->max_txn_ops : 128;
+	s->idem_keep_s = o->idem_keep_s;
+	/* 24 windows per retention (an hour for a day), at least 1 s. */
+	s->idem_window_s = s->idem_keep_s / 24 > 1 ? s->idem_keep_s / 24 : 1;
 	s->cache = calloc(CACHE_SLOTS, sizeof(*s->cache));
 	pthread_mutex_init(&s->cmu, NULL);
 	s->on_stored = o->on_stored;
@@ -534,6 +544,41 @@ static long long now_s(void)
 static int64_t lease_now(struct mer_store *s)
 {
 	return s->keeper && !mer_etcd_keeper_lost(s->keeper) ? s->lease : 0;
+}
+
+/*
+ * The lease a finished idempotency record is written with: one per window,
+ * never kept alive, so etcd deletes the window's records together once the
+ * retention has passed (no sweeper, nothing to scan). 0 (kept for ever)
+ * when retention is off or etcd would not grant one: an answer is never
+ * dropped early.
+ */
+static int64_t idem_done_lease(struct mer_store *s)
+{
+	long long now = (long long)time(NULL);
+	int64_t lease = 0, ttl = 0;
+
+	if (s->idem_keep_s <= 0)
+		return 0;
+	pthread_mutex_lock(&s->mu);
+	if (s->idem_lease && now < s->idem_window_end)
+		lease = s->idem_lease;
+	pthread_mutex_unlock(&s->mu);
+	if (lease)
+		return lease;
+	/* Two threads may both grant at a window's start; the loser's lease
+	 * expires unused. */
+	if (mer_etcd_lease_grant(s->etcd, s->idem_keep_s + s->idem_window_s,
+				 &lease, &ttl, NULL) != 0) {
+		mer_warn("idempotency lease not granted", "keep_s=%lld",
+			 s->idem_keep_s);
+		return 0;
+	}
+	pthread_mutex_lock(&s->mu);
+	s->idem_lease = lease;
+	s->idem_window_end = now + s->idem_window_s;
+	pthread_mutex_unlock(&s->mu);
+	return lease;
 }
 
 /*
@@ -654,6 +699,7 @@ int mer_store_submit(struct mer_store *s, const json_t *record,
 				 (json_int_t)now_s(), "status", 201, "response",
 				 response, "job", it->id);
 		it->idem_val = done ? mer_json_dumps(done) : NULL;
+		it->idem_lease = idem_done_lease(s);
 		if (!it->idem_val) {
 			rv = MER_ENOMEM;
 			goto out_release;

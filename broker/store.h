@@ -38,6 +38,10 @@ struct mer_store_opts {
 	/* etcd's --max-txn-ops: a batch never has more ops; 0 = 128, etcd's
 	 * default. A new job takes 2 ops (3 with an idempotency key). */
 	unsigned max_txn_ops;
+	/* How long a finished idempotency record (the answer a retry gets)
+	 * is kept at least, in s; etcd deletes it within 1/24 more (a lease
+	 * per window). 0 = for ever. */
+	long long idem_keep_s;
 	/* Called (from a committer thread) for each job once stored. */
 	void (*on_stored)(void *arg, const char *id);
 	/* Called with the duration of each etcd txn the store runs. */

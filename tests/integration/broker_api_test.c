@@ -43,7 +43,9 @@ static int setup(void)
 		return MER_EIO;
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	if (bfx_start(&F, "\"http\": {\"max_body\": \"64KiB\"},"
-			  " \"placement\": {\"interval\": \"200ms\"},") != 0) {
+			  " \"placement\": {\"interval\": \"200ms\"},"
+			  " \"jobs\": {\"idempotency_retention\": \"5s\"},") !=
+	    0) {
 		start_failed = 1;
 		bfx_free(&F);
 		return MER_EIO;
@@ -823,6 +825,44 @@ static void test_clean_exit(void)
 	T_EQ_INT(st, 0);
 }
 
+/* A finished idempotency record lives on a lease: after the retention
+ * (5 s here, plus one 1 s window) etcd drops it, and the same key makes a
+ * new job. */
+static void test_idempotency_expires(void)
+{
+	struct bres r1, r2;
+	char key[256], hx[65];
+	unsigned char h[32];
+	struct mer_etcd_kv kv = {0};
+
+	SETUP();
+	T_OK(bfx_req(&F, "POST", "/v1/jobs", BFX_ACME, gravity_job, "k-exp",
+		     &r1));
+	T_EQ_INT(r1.status, 201);
+	crypto_hash_sha256(h, (const unsigned char *)"k-exp", 5);
+	sodium_bin2hex(hx, sizeof(hx), h, sizeof(h));
+	snprintf(key, sizeof(key), "/meridian/idem/acme/%s", hx);
+	T_OK(mer_etcd_get(F.cli, key, strlen(key), &kv, NULL));
+	T_EXPECT(kv.lease != 0);
+	T_CONTAINS(kv.value, "\"done\"");
+	mer_etcd_kv_clear(&kv);
+	int gone = 0;
+	for (int i = 0; i < 150 && !gone; i++) {
+		usleep(100000);
+		int rv = mer_etcd_get(F.cli, key, strlen(key), &kv, NULL);
+		mer_etcd_kv_clear(&kv);
+		gone = rv == MER_ENOTFOUND;
+	}
+	T_EXPECT(gone);
+	T_OK(bfx_req(&F, "POST", "/v1/jobs", BFX_ACME, gravity_job, "k-exp",
+		     &r2));
+	T_EQ_INT(r2.status, 201);
+	T_EXPECT(strcmp(nz(bres_str(&r2, "id")), nz(bres_str(&r1, "id"))) != 0);
+	T_EXPECT(!strstr(r2.hdrs, "Idempotent-Replayed"));
+	bres_clear(&r1);
+	bres_clear(&r2);
+}
+
 static const struct t_case cases[] = {
     {"health", test_health},
     {"auth", test_auth},
@@ -832,6 +872,7 @@ static const struct t_case cases[] = {
     {"never_fits", test_never_fits},
     {"too_large", test_too_large},
     {"idempotency", test_idempotency},
+    {"idempotency_expires", test_idempotency_expires},
     {"list_filters_and_paging", test_list_filters_and_paging},
     {"cancel", test_cancel},
     {"dry_run_and_drain", test_dry_run_and_drain},
