@@ -14,6 +14,7 @@
  * the median of 3 runs, the systems taking turns.
  */
 #include "tests/integration/broker_fixture.h"
+#include "tests/lib/slurm_cluster.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -30,13 +31,11 @@ enum sys { SYS_REST, SYS_SBATCH, SYS_MERIDIAN, NSYS };
 
 static struct {
 	struct bfx F;
-	char top[1024], state[256], sock[512], conf[512], partition[64];
-	char job_dir[512], version[32], rest_url[128];
-	int up, watchdog_fd;
-	pid_t watchdog;
+	struct t_slurm s;
+	char version[32], rest_url[128];
 	double seconds;
 	volatile int go, done;
-} g = {.watchdog_fd = -1, .seconds = 2};
+} g = {.seconds = 2};
 
 static const char *mjob =
     "{\"name\": \"bench\", \"priority\": \"batch\", \"stages\": ["
@@ -55,155 +54,28 @@ static double median3(double *v)
 	return c < a ? a : c > b ? b : c;
 }
 
-/* KEY='value' among slurm-up.sh's output lines. */
-static int env_value(const char *text, const char *key, char *out, size_t n)
-{
-	char pat[80];
-	const char *p, *e;
-
-	snprintf(pat, sizeof(pat), "%s='", key);
-	if (!(p = strstr(text, pat)))
-		return MER_ENOTFOUND;
-	p += strlen(pat);
-	if (!(e = strchr(p, '\'')) || (size_t)(e - p) >= n)
-		return MER_EPARSE;
-	memcpy(out, p, (size_t)(e - p));
-	out[e - p] = 0;
-	return 0;
-}
-
-static void down_cmd(char *cmd, size_t n)
-{
-	snprintf(cmd, n,
-		 "'%s/deploy/slurm-down.sh' --state '%s' --purge "
-		 ">/dev/null 2>&1",
-		 g.top, g.state);
-}
-
-/* A child that brings the cluster down when our end of the pipe closes
- * without a word: this process died before doing it itself. */
-static void watchdog_start(void)
-{
-	char cmd[1400];
-	int fds[2];
-	pid_t pid;
-
-	down_cmd(cmd, sizeof(cmd));
-	if (pipe2(fds, O_CLOEXEC) != 0)
-		return;
-	fflush(stdout);
-	if ((pid = fork()) < 0) {
-		close(fds[0]);
-		close(fds[1]);
-		return;
-	}
-	if (pid == 0) {
-		char c;
-		ssize_t r;
-		close(fds[1]);
-		setsid();
-		do
-			r = read(fds[0], &c, 1);
-		while (r < 0 && errno == EINTR);
-		if (r == 1)
-			_exit(0);
-		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-		_exit(127);
-	}
-	close(fds[0]);
-	g.watchdog_fd = fds[1];
-	g.watchdog = pid;
-}
-
 static void slurm_down(void)
 {
-	char cmd[1400];
-
-	if (g.up) {
-		down_cmd(cmd, sizeof(cmd));
-		if (system(cmd) != 0)
-			fprintf(stderr, "slurm_compare: slurm-down failed\n");
-		g.up = 0;
-	}
-	if (g.watchdog_fd >= 0) {
-		ssize_t r = write(g.watchdog_fd, "x", 1);
-		(void)r;
-		close(g.watchdog_fd);
-		g.watchdog_fd = -1;
-	}
-	if (g.watchdog > 0) {
-		waitpid(g.watchdog, NULL, 0);
-		g.watchdog = 0;
-	}
+	if (g.s.up && t_slurm_down(&g.s) != 0)
+		fprintf(stderr, "slurm_compare: slurm-down failed\n");
 }
 
 /* 0 up; 3 cannot run here (reason printed); other: failed. */
 static int slurm_up(void)
 {
-	char tmpl[] = "/tmp/meridian-bench-slurm.XXXXXX";
-	char cmd[2048], log[300], *out = NULL, *text = NULL;
-	size_t len = 0, cap = 0;
-	int st, rv;
-	FILE *p;
+	int st, rv = t_slurm_up(&g.s, "bench-slurm", "--gpus 0", &st);
 
-	if (!mkdtemp(tmpl))
-		return 1;
-	snprintf(g.state, sizeof(g.state), "%s", tmpl);
-	snprintf(log, sizeof(log), "%s.log", g.state);
-	snprintf(cmd, sizeof(cmd),
-		 "'%s/deploy/slurm-up.sh' --state '%s' --gpus 0 2>'%s'", g.top,
-		 g.state, log);
-	g.up = 1; /* from here on, down cleans what was started */
-	atexit(slurm_down);
-	if (!(p = popen(cmd, "r")))
-		return 1;
-	for (;;) {
-		if (cap - len < 1024) {
-			char *nb = realloc(out, cap + 8192);
-			if (!nb)
-				break;
-			out = nb;
-			cap += 8192;
-		}
-		size_t n = fread(out + len, 1, cap - len - 1, p);
-		if (!n)
-			break;
-		len += n;
+	if (rv) {
+		printf("  slurm-up.sh exit %d: %.600s\n", st,
+		       g.s.up_log ? g.s.up_log : "");
+		return rv == MER_EUNSUPPORTED ? 3 : 1;
 	}
-	if (out)
-		out[len] = 0;
-	rv = pclose(p);
-	st = WIFEXITED(rv) ? WEXITSTATUS(rv) : 128;
-	if (st) {
-		t_read_file(log, &text, NULL);
-		printf("  slurm-up.sh exit %d: %.600s\n", st, text ? text : "");
-		free(text);
-		free(out);
-		unlink(log);
-		if (st == 3) {
-			g.up = 0;
-			rmdir(g.state);
-		}
-		return st == 3 ? 3 : 1;
-	}
-	unlink(log);
-	watchdog_start();
-	rv = env_value(out ? out : "", "SLURMRESTD_SOCKET", g.sock,
-		       sizeof(g.sock)) ||
-	     env_value(out, "SLURM_CONF", g.conf, sizeof(g.conf)) ||
-	     env_value(out, "SLURM_PARTITION", g.partition,
-		       sizeof(g.partition)) ||
-	     env_value(out, "SLURM_JOB_DIR", g.job_dir, sizeof(g.job_dir)) ||
-	     env_value(out, "SLURMRESTD_OPENAPI", cmd, sizeof(cmd));
-	if (!rv) {
-		/* newest first: "v0.0.38 v0.0.37 ..." */
-		snprintf(g.version, sizeof(g.version), "%.*s",
-			 (int)strcspn(cmd, " "), cmd);
-		snprintf(g.rest_url, sizeof(g.rest_url),
-			 "http://localhost/slurm/%s/job/submit", g.version);
-	}
-	free(out);
-	return rv ? 1 : 0;
+	/* newest first: "v0.0.38 v0.0.37 ..." */
+	snprintf(g.version, sizeof(g.version), "%.*s",
+		 (int)strcspn(g.s.versions, " "), g.s.versions);
+	snprintf(g.rest_url, sizeof(g.rest_url),
+		 "http://localhost/slurm/%s/job/submit", g.version);
+	return 0;
 }
 
 /* ---- submitters ---- */
@@ -216,7 +88,7 @@ static int rest_submit(CURL *h, const char *body)
 	int ok;
 
 	curl_easy_reset(h);
-	curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, g.sock);
+	curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, g.s.sock);
 	curl_easy_setopt(h, CURLOPT_URL, g.rest_url);
 	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 30000L);
@@ -242,8 +114,8 @@ static int sbatch_submit(void)
 	pid_t pid;
 	int st;
 
-	snprintf(out, sizeof(out), "--output=%s/bench-%%j.out", g.job_dir);
-	snprintf(err, sizeof(err), "--chdir=%s", g.job_dir);
+	snprintf(out, sizeof(out), "--output=%s/bench-%%j.out", g.s.job_dir);
+	snprintf(err, sizeof(err), "--chdir=%s", g.s.job_dir);
 	char *argv[] = {"sbatch", "--hold", "--parsable", "-J",	  "bench",
 			out,	  err,	    "--wrap",	  "true", NULL};
 	if ((pid = fork()) < 0)
@@ -255,7 +127,7 @@ static int sbatch_submit(void)
 			dup2(fd, 1);
 			dup2(fd, 2);
 		}
-		setenv("SLURM_CONF", g.conf, 1);
+		setenv("SLURM_CONF", g.s.conf, 1);
 		execvp("sbatch", argv);
 		_exit(127);
 	}
@@ -281,7 +153,7 @@ static void *work(void *arg)
 		 "\"standard_output\": \"%s/bench-%%j.out\", "
 		 "\"environment\": {\"PATH\": \"/usr/bin:/bin\"}}, "
 		 "\"script\": \"#!/bin/sh\\ntrue\\n\"}",
-		 g.partition, g.job_dir, g.job_dir);
+		 g.s.partition, g.s.job_dir, g.s.job_dir);
 	while (!g.go)
 		usleep(100);
 	while (!g.done) {
@@ -335,13 +207,11 @@ static double run(enum sys s, int clients, unsigned long *failed)
 int main(void)
 {
 	const char *s = getenv("MERIDIAN_BENCH_SECONDS");
-	const char *top = getenv("MERIDIAN_TOP");
 	int levels[] = {1, 8};
 	int rv = 0, st;
 
 	if (s && strtod(s, NULL) > 0)
 		g.seconds = strtod(s, NULL);
-	snprintf(g.top, sizeof(g.top), "%s", top && *top ? top : ".");
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	if (sodium_init() < 0)
 		return 1;

@@ -98,8 +98,7 @@ static int collect_kinds(struct build *b, const json_t *sites)
 			mer_jv_key(p, sizeof(p), sp, "pools");
 			mer_jv_idx(q, sizeof(q), p, k);
 			mer_jv_key(p, sizeof(p), q, "resources");
-			json_object_foreach((json_t *)res, key, val)
-			{
+			json_object_foreach ((json_t *)res, key, val) {
 				int ok = strcmp(key, "cpu") == 0 ||
 					 strcmp(key, "memory_mb") == 0 ||
 					 (strncmp(key, "gpu:", 4) == 0 &&
@@ -256,8 +255,7 @@ static int parse_pools(struct build *b, const json_t *sj, const char *sp,
 		if (!pl->res)
 			return MER_ENOMEM;
 		mer_jv_key(r, sizeof(r), q, "resources");
-		json_object_foreach((json_t *)res, key, val)
-		{
+		json_object_foreach ((json_t *)res, key, val) {
 			char t[MER_JV_PATH_MAX];
 			int ki = mer_fed_kind_index(fed, key);
 			mer_jv_key(t, sizeof(t), r, key);
@@ -310,8 +308,7 @@ static int parse_prices(struct build *b, const json_t *sj, const char *sp,
 	if (gpu) {
 		const char *key;
 		json_t *val;
-		json_object_foreach((json_t *)gpu, key, val)
-		{
+		json_object_foreach ((json_t *)gpu, key, val) {
 			char t[MER_JV_PATH_MAX];
 			mer_jv_key(t, sizeof(t), q, key);
 			if (!json_is_number(val) ||
@@ -402,8 +399,7 @@ static int parse_labels(struct build *b, const json_t *sj, const char *sp,
 						  sizeof(*s->labels));
 	if (!s->labels)
 		return MER_ENOMEM;
-	json_object_foreach((json_t *)l, key, val)
-	{
+	json_object_foreach ((json_t *)l, key, val) {
 		mer_jv_key(q, sizeof(q), p, key);
 		if (!json_is_string(val))
 			return mer_jv_fail(v, q, "must be a string");
@@ -789,12 +785,8 @@ static int from_json(const json_t *root, const struct mer_json_doc *doc,
 	if (!b.fed)
 		return MER_ENOMEM;
 	rv = build(&b, root);
-	if (rv) {
-		if (rv == MER_ENOMEM && err && errlen)
-			snprintf(err, errlen, "out of memory");
-		mer_arena_free(&arena);
-		return rv;
-	}
+	if (rv)
+		return mer_jv_abandon(&arena, rv, err, errlen);
 	b.fed->arena = arena;
 	*out = b.fed;
 	return 0;
@@ -821,19 +813,17 @@ int mer_site_validate(const json_t *site, const struct mer_json_doc *doc,
 	return rv;
 }
 
+static int build_fed(const json_t *root, const struct mer_json_doc *doc,
+		     void *out, char *err, size_t errlen)
+{
+	return mer_fed_from_json(root, doc, out, err, errlen);
+}
+
 int mer_fed_load(const char *path, struct mer_fed **out, char *err,
 		 size_t errlen)
 {
-	struct mer_json_doc doc = {0};
-	int rv;
-
 	*out = NULL;
-	rv = mer_json_doc_load(path, 0, 0, &doc, err, errlen);
-	if (rv)
-		return rv;
-	rv = mer_fed_from_json(doc.root, &doc, out, err, errlen);
-	mer_json_doc_free(&doc);
-	return rv;
+	return mer_jv_load_doc(path, build_fed, out, err, errlen);
 }
 
 int mer_fed_site_index(const struct mer_fed *fed, const char *name)

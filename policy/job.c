@@ -654,38 +654,25 @@ int mer_job_from_json(const json_t *root, const struct mer_json_doc *doc,
 	*out = job;
 	return 0;
 out_fail:
-	if (rv == MER_ENOMEM && err && errlen)
-		snprintf(err, errlen, "out of memory");
-	mer_arena_free(&arena);
-	return rv;
+	return mer_jv_abandon(&arena, rv, err, errlen);
+}
+
+static int build_job(const json_t *root, const struct mer_json_doc *doc,
+		     void *out, char *err, size_t errlen)
+{
+	return mer_job_from_json(root, doc, out, err, errlen);
 }
 
 int mer_job_parse(const char *name, const char *text, size_t len,
 		  struct mer_job **out, char *err, size_t errlen)
 {
-	struct mer_json_doc doc = {0};
-	int rv;
-
 	*out = NULL;
-	rv = mer_json_doc_parse(name, text, len, 0, 0, &doc, err, errlen);
-	if (rv)
-		return rv;
-	rv = mer_job_from_json(doc.root, &doc, out, err, errlen);
-	mer_json_doc_free(&doc);
-	return rv;
+	return mer_jv_parse_doc(name, text, len, build_job, out, err, errlen);
 }
 
 int mer_job_load(const char *path, struct mer_job **out, char *err,
 		 size_t errlen)
 {
-	struct mer_json_doc doc = {0};
-	int rv;
-
 	*out = NULL;
-	rv = mer_json_doc_load(path, 0, 0, &doc, err, errlen);
-	if (rv)
-		return rv;
-	rv = mer_job_from_json(doc.root, &doc, out, err, errlen);
-	mer_json_doc_free(&doc);
-	return rv;
+	return mer_jv_load_doc(path, build_job, out, err, errlen);
 }

@@ -62,8 +62,7 @@ int mer_jv_object(struct mer_jv *v, const json_t *val, const char *path,
 
 	if (!json_is_object(val))
 		return mer_jv_fail(v, path, "must be an object");
-	json_object_foreach((json_t *)val, key, m)
-	{
+	json_object_foreach ((json_t *)val, key, m) {
 		int ok = 0;
 		for (size_t i = 0; allowed && allowed[i]; i++) {
 			if (strcmp(allowed[i], key) == 0) {
@@ -283,4 +282,40 @@ int mer_jv_name_ok(const char *s)
 			return 0;
 	}
 	return 1;
+}
+
+int mer_jv_parse_doc(const char *name, const char *text, size_t len,
+		     mer_jv_build_fn build, void *out, char *err, size_t errlen)
+{
+	struct mer_json_doc doc = {0};
+	int rv;
+
+	rv = mer_json_doc_parse(name, text, len, 0, 0, &doc, err, errlen);
+	if (rv)
+		return rv;
+	rv = build(doc.root, &doc, out, err, errlen);
+	mer_json_doc_free(&doc);
+	return rv;
+}
+
+int mer_jv_load_doc(const char *path, mer_jv_build_fn build, void *out,
+		    char *err, size_t errlen)
+{
+	struct mer_json_doc doc = {0};
+	int rv;
+
+	rv = mer_json_doc_load(path, 0, 0, &doc, err, errlen);
+	if (rv)
+		return rv;
+	rv = build(doc.root, &doc, out, err, errlen);
+	mer_json_doc_free(&doc);
+	return rv;
+}
+
+int mer_jv_abandon(struct mer_arena *arena, int rv, char *err, size_t errlen)
+{
+	if (rv == MER_ENOMEM && err && errlen)
+		snprintf(err, errlen, "out of memory");
+	mer_arena_free(arena);
+	return rv;
 }

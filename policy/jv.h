@@ -68,4 +68,26 @@ const json_t *mer_jv_member(struct mer_jv *v, const json_t *obj,
  * [A-Za-z0-9._:/-]. */
 int mer_jv_name_ok(const char *s);
 
+/* A document's builder (mer_job_from_json and the like): out is the
+ * caller's typed out-parameter (a struct mer_job ** ...), passed through. */
+typedef int (*mer_jv_build_fn)(const json_t *root,
+			       const struct mer_json_doc *doc, void *out,
+			       char *err, size_t errlen);
+
+/* The _parse and _load of each document: parse text (name labels errors)
+ * or read the file at path, with common/json's default limits, and hand
+ * the root to build, so its errors carry file:line:column. The parsed
+ * text is freed either way; on a parse error build is not called and out
+ * is left as it was (callers clear it first). */
+int mer_jv_parse_doc(const char *name, const char *text, size_t len,
+		     mer_jv_build_fn build, void *out, char *err,
+		     size_t errlen);
+int mer_jv_load_doc(const char *path, mer_jv_build_fn build, void *out,
+		    char *err, size_t errlen);
+
+/* The failure end of a builder: names MER_ENOMEM in err (other codes
+ * wrote their own message), frees everything allocated in arena and
+ * returns rv. */
+int mer_jv_abandon(struct mer_arena *arena, int rv, char *err, size_t errlen);
+
 #endif

@@ -92,8 +92,7 @@ static int parse_selector(struct mer_jv *v, const json_t *obj, const char *path,
 		    v->arena, (json_object_size(l) + 1) * sizeof(*sel->labels));
 		if (!sel->labels)
 			return MER_ENOMEM;
-		json_object_foreach((json_t *)l, k, val)
-		{
+		json_object_foreach ((json_t *)l, k, val) {
 			char t[MER_JV_PATH_MAX];
 			mer_jv_key(t, sizeof(t), q, k);
 			if (!json_is_string(val))
@@ -252,8 +251,7 @@ static int parse_tenant(struct mer_jv *v, const json_t *e, const char *p,
 		return MER_ENOMEM;
 	const char *model;
 	json_t *val;
-	json_object_foreach((json_t *)g, model, val)
-	{
+	json_object_foreach ((json_t *)g, model, val) {
 		char r[MER_JV_PATH_MAX];
 		mer_jv_key(r, sizeof(r), q, model);
 		if (!json_is_integer(val) || json_integer_value(val) < 0)
@@ -282,8 +280,7 @@ static int parse_tenants(struct mer_jv *v, const json_t *root,
 						     sizeof(*pol->tenants));
 	if (!pol->tenants)
 		return MER_ENOMEM;
-	json_object_foreach((json_t *)obj, name, e)
-	{
+	json_object_foreach ((json_t *)obj, name, e) {
 		struct mer_tenant_policy *t = &pol->tenants[pol->ntenants];
 		mer_jv_key(p, sizeof(p), "tenants", name);
 		if (strcmp(name, "*") != 0 && !mer_jv_name_ok(name))
@@ -442,40 +439,28 @@ int mer_policy_from_json(const json_t *root, const struct mer_json_doc *doc,
 	*out = pol;
 	return 0;
 out_fail:
-	if (rv == MER_ENOMEM && err && errlen)
-		snprintf(err, errlen, "out of memory");
-	mer_arena_free(&arena);
-	return rv;
+	return mer_jv_abandon(&arena, rv, err, errlen);
+}
+
+static int build_policy(const json_t *root, const struct mer_json_doc *doc,
+			void *out, char *err, size_t errlen)
+{
+	return mer_policy_from_json(root, doc, out, err, errlen);
 }
 
 int mer_policy_parse(const char *name, const char *text, size_t len,
 		     struct mer_policy **out, char *err, size_t errlen)
 {
-	struct mer_json_doc doc = {0};
-	int rv;
-
 	*out = NULL;
-	rv = mer_json_doc_parse(name, text, len, 0, 0, &doc, err, errlen);
-	if (rv)
-		return rv;
-	rv = mer_policy_from_json(doc.root, &doc, out, err, errlen);
-	mer_json_doc_free(&doc);
-	return rv;
+	return mer_jv_parse_doc(name, text, len, build_policy, out, err,
+				errlen);
 }
 
 int mer_policy_load(const char *path, struct mer_policy **out, char *err,
 		    size_t errlen)
 {
-	struct mer_json_doc doc = {0};
-	int rv;
-
 	*out = NULL;
-	rv = mer_json_doc_load(path, 0, 0, &doc, err, errlen);
-	if (rv)
-		return rv;
-	rv = mer_policy_from_json(doc.root, &doc, out, err, errlen);
-	mer_json_doc_free(&doc);
-	return rv;
+	return mer_jv_load_doc(path, build_policy, out, err, errlen);
 }
 
 int mer_policy_default(struct mer_policy **out)

@@ -138,6 +138,12 @@ static const char *check_sim_file(const void *field, const void *cfg, char *msg,
 	return NULL;
 }
 
+static int fabric_ok(const char *s)
+{
+	return s &&
+	       (!strcmp(s, "ib") || !strcmp(s, "roce") || !strcmp(s, "eth"));
+}
+
 static const char *check_fabric(const void *field, const void *cfg, char *msg,
 				size_t n)
 {
@@ -145,8 +151,7 @@ static const char *check_fabric(const void *field, const void *cfg, char *msg,
 
 	(void)cfg;
 	for (size_t i = 0; i < l->n; i++) {
-		if (strcmp(l->v[i], "ib") && strcmp(l->v[i], "roce") &&
-		    strcmp(l->v[i], "eth")) {
+		if (!fabric_ok(l->v[i])) {
 			snprintf(msg, n, "'%.40s' is not one of ib, roce, eth",
 				 l->v[i]);
 			return msg;
@@ -155,257 +160,356 @@ static const char *check_fabric(const void *field, const void *cfg, char *msg,
 	return NULL;
 }
 
-static int check_labels(const struct mer_json_doc *doc, const char *path,
-			const json_t *v, const void *cfg, char *err,
-			size_t errlen)
+/* ---- the nested JSON settings ----------------------------------------
+ * Objects of free keys (labels, GPU prices) are checked member by member;
+ * lists of small objects (shared pools, datasets) by a table of the keys
+ * an element may have. Errors name the member: site.labels.country,
+ * datasets[2].path. */
+
+typedef int (*member_check_fn)(const struct mer_json_doc *doc, const char *path,
+			       const char *key, const json_t *val, char *err,
+			       size_t errlen);
+
+/* Runs check on every member of the object v. */
+static int check_members(const struct mer_json_doc *doc, const char *path,
+			 const json_t *v, member_check_fn check, char *err,
+			 size_t errlen)
 {
 	const char *key;
 	json_t *val;
 	char p[256];
+	int rv;
 
-	(void)cfg;
 	json_object_foreach ((json_t *)v, key, val) {
 		snprintf(p, sizeof(p), "%s", path);
 		mer_json_path_append(p, sizeof(p), key);
-		if (!json_is_string(val)) {
-			mer_json_doc_errf(doc, p, err, errlen,
-					  "expected a string, got %s",
-					  mer_json_type_name(val));
-			return MER_EINVAL;
-		}
+		if ((rv = check(doc, p, key, val, err, errlen)))
+			return rv;
 	}
 	return 0;
 }
 
-static int check_fabric_json(const struct mer_json_doc *doc, const char *path,
-			     const json_t *v, char *err, size_t errlen)
+static int label_ok(const struct mer_json_doc *doc, const char *path,
+		    const char *key, const json_t *val, char *err,
+		    size_t errlen)
 {
-	size_t i;
-	json_t *e;
-	char p[300];
+	(void)key;
+	if (json_is_string(val))
+		return 0;
+	mer_json_doc_errf(doc, path, err, errlen, "expected a string, got %s",
+			  mer_json_type_name(val));
+	return MER_EINVAL;
+}
 
-	if (!json_is_array(v)) {
-		mer_json_doc_errf(doc, path, err, errlen,
-				  "expected an array, got %s",
-				  mer_json_type_name(v));
+static int check_labels(const struct mer_json_doc *doc, const char *path,
+			const json_t *v, const void *cfg, char *err,
+			size_t errlen)
+{
+	(void)cfg;
+	return check_members(doc, path, v, label_ok, err, errlen);
+}
+
+static int gpu_price_ok(const struct mer_json_doc *doc, const char *path,
+			const char *key, const json_t *val, char *err,
+			size_t errlen)
+{
+	if (!name_ok(key) || strchr(key, ':')) {
+		mer_json_doc_key_errf(doc, path, err, errlen,
+				      "'%s' is not a GPU model name", key);
 		return MER_EINVAL;
 	}
-	json_array_foreach (v, i, e) {
-		const char *s = json_string_value(e);
-		if (snprintf(p, sizeof(p), "%s[%zu]", path, i) >=
-		    (int)sizeof(p))
-			p[0] = '\0';
-		if (!s || (strcmp(s, "ib") && strcmp(s, "roce") &&
-			   strcmp(s, "eth"))) {
-			mer_json_doc_errf(doc, p, err, errlen,
-					  "must be one of ib, roce, eth");
-			return MER_EINVAL;
-		}
+	if (!json_is_number(val) || json_number_value(val) < 0 ||
+	    json_number_value(val) > 1e6) {
+		mer_json_doc_errf(doc, path, err, errlen,
+				  "must be a number from 0 to 1e6");
+		return MER_EINVAL;
 	}
 	return 0;
-}
-
-static int check_pools(const struct mer_json_doc *doc, const char *path,
-		       const json_t *v, const void *cfg, char *err,
-		       size_t errlen)
-{
-	size_t i;
-	json_t *e;
-	char p[256], q[300];
-
-	(void)cfg;
-	json_array_foreach (v, i, e) {
-		const char *key;
-		json_t *val;
-		snprintf(p, sizeof(p), "%s[%zu]", path, i);
-		if (json_is_string(e)) {
-			if (!name_ok(json_string_value(e)))
-				goto bad_name;
-			continue;
-		}
-		if (!json_is_object(e)) {
-			mer_json_doc_errf(doc, p, err, errlen,
-					  "expected a pool name or an object, "
-					  "got %s",
-					  mer_json_type_name(e));
-			return MER_EINVAL;
-		}
-		json_object_foreach (e, key, val) {
-			snprintf(q, sizeof(q), "%s", p);
-			mer_json_path_append(q, sizeof(q), key);
-			if (strcmp(key, "name") == 0) {
-				if (!json_is_string(val) ||
-				    !name_ok(json_string_value(val))) {
-					mer_json_doc_errf(
-					    doc, q, err, errlen,
-					    "must be a pool name (1-63 of "
-					    "A-Z a-z 0-9 . _ : / -)");
-					return MER_EINVAL;
-				}
-			} else if (strcmp(key, "fraction") == 0) {
-				double f = json_number_value(val);
-				if (!json_is_number(val) || f < 0 || f > 1) {
-					mer_json_doc_errf(doc, q, err, errlen,
-							  "must be a number "
-							  "from 0 to 1");
-					return MER_EINVAL;
-				}
-			} else if (strcmp(key, "fabric") == 0) {
-				int rv =
-				    check_fabric_json(doc, q, val, err, errlen);
-				if (rv)
-					return rv;
-			} else {
-				mer_json_doc_key_errf(doc, q, err, errlen,
-						      "unknown key '%s' (name, "
-						      "fraction, fabric)",
-						      key);
-				return MER_EINVAL;
-			}
-		}
-		if (!json_object_get(e, "name")) {
-			mer_json_doc_errf(doc, p, err, errlen,
-					  "a pool needs a name");
-			return MER_EINVAL;
-		}
-	}
-	return 0;
-bad_name:
-	mer_json_doc_errf(
-	    doc, p, err, errlen,
-	    "must be a pool name (1-63 of A-Z a-z 0-9 . _ : / -)");
-	return MER_EINVAL;
 }
 
 static int check_gpu_hour(const struct mer_json_doc *doc, const char *path,
 			  const json_t *v, const void *cfg, char *err,
 			  size_t errlen)
 {
-	const char *key;
-	json_t *val;
-	char p[256];
-
 	(void)cfg;
-	json_object_foreach ((json_t *)v, key, val) {
-		snprintf(p, sizeof(p), "%s", path);
-		mer_json_path_append(p, sizeof(p), key);
-		if (!name_ok(key) || strchr(key, ':')) {
-			mer_json_doc_key_errf(doc, p, err, errlen,
-					      "'%s' is not a GPU model name",
-					      key);
+	return check_members(doc, path, v, gpu_price_ok, err, errlen);
+}
+
+struct list_rules;
+
+/* One key an element of a list may have, and the check of its value;
+ * list and idx let a check compare with the elements before. */
+struct member_rule {
+	const char *key;
+	int (*check)(const struct list_rules *lr,
+		     const struct mer_json_doc *doc, const char *path,
+		     const json_t *val, const json_t *list, size_t idx,
+		     char *err, size_t errlen);
+};
+
+/* A list of small objects: what an element is called in messages, whether
+ * a bare string stands for {"name": ...}, its keys, and the keys it needs
+ * (with the message when one is absent). */
+struct list_rules {
+	const char *what;
+	int bare_names;
+	const struct member_rule *members; /* ends with a NULL key */
+	const char *const *required;	   /* NULL-terminated */
+	const char *missing;
+};
+
+static int bad_name(const struct list_rules *lr, const struct mer_json_doc *doc,
+		    const char *path, char *err, size_t errlen)
+{
+	mer_json_doc_errf(doc, path, err, errlen,
+			  "must be a %s name (1-63 of A-Z a-z 0-9 . _ : / -)",
+			  lr->what);
+	return MER_EINVAL;
+}
+
+static int member_name(const struct list_rules *lr,
+		       const struct mer_json_doc *doc, const char *path,
+		       const json_t *val, const json_t *list, size_t idx,
+		       char *err, size_t errlen)
+{
+	(void)list;
+	(void)idx;
+	if (!json_is_string(val) || !name_ok(json_string_value(val)))
+		return bad_name(lr, doc, path, err, errlen);
+	return 0;
+}
+
+/* A name, and one no element before this one has. */
+static int member_unique_name(const struct list_rules *lr,
+			      const struct mer_json_doc *doc, const char *path,
+			      const json_t *val, const json_t *list, size_t idx,
+			      char *err, size_t errlen)
+{
+	int rv = member_name(lr, doc, path, val, list, idx, err, errlen);
+
+	for (size_t j = 0; !rv && j < idx; j++) {
+		const char *o = json_string_value(
+		    json_object_get(json_array_get(list, j), "name"));
+		if (o && strcmp(o, json_string_value(val)) == 0) {
+			mer_json_doc_errf(doc, path, err, errlen,
+					  "duplicate %s '%s'", lr->what, o);
+			rv = MER_EINVAL;
+		}
+	}
+	return rv;
+}
+
+static int member_fraction(const struct list_rules *lr,
+			   const struct mer_json_doc *doc, const char *path,
+			   const json_t *val, const json_t *list, size_t idx,
+			   char *err, size_t errlen)
+{
+	double f = json_number_value(val);
+
+	(void)lr;
+	(void)list;
+	(void)idx;
+	if (json_is_number(val) && f >= 0 && f <= 1)
+		return 0;
+	mer_json_doc_errf(doc, path, err, errlen,
+			  "must be a number from 0 to 1");
+	return MER_EINVAL;
+}
+
+static int member_fabric(const struct list_rules *lr,
+			 const struct mer_json_doc *doc, const char *path,
+			 const json_t *val, const json_t *list, size_t idx,
+			 char *err, size_t errlen)
+{
+	size_t i;
+	json_t *e;
+	char p[300];
+
+	(void)lr;
+	(void)list;
+	(void)idx;
+	if (!json_is_array(val)) {
+		mer_json_doc_errf(doc, path, err, errlen,
+				  "expected an array, got %s",
+				  mer_json_type_name(val));
+		return MER_EINVAL;
+	}
+	json_array_foreach (val, i, e) {
+		if (fabric_ok(json_string_value(e)))
+			continue;
+		if (snprintf(p, sizeof(p), "%s[%zu]", path, i) >=
+		    (int)sizeof(p))
+			p[0] = '\0';
+		mer_json_doc_errf(doc, p, err, errlen,
+				  "must be one of ib, roce, eth");
+		return MER_EINVAL;
+	}
+	return 0;
+}
+
+static int member_bytes(const struct list_rules *lr,
+			const struct mer_json_doc *doc, const char *path,
+			const json_t *val, const json_t *list, size_t idx,
+			char *err, size_t errlen)
+{
+	(void)lr;
+	(void)list;
+	(void)idx;
+	if (json_is_integer(val) && json_integer_value(val) >= 0)
+		return 0;
+	mer_json_doc_errf(doc, path, err, errlen,
+			  "must be a non-negative integer");
+	return MER_EINVAL;
+}
+
+static int member_path(const struct list_rules *lr,
+		       const struct mer_json_doc *doc, const char *path,
+		       const json_t *val, const json_t *list, size_t idx,
+		       char *err, size_t errlen)
+{
+	const char *s = json_string_value(val);
+
+	(void)lr;
+	(void)list;
+	(void)idx;
+	if (!s || !*s) {
+		mer_json_doc_errf(doc, path, err, errlen,
+				  "must be a non-empty path "
+				  "(/posix, hdfs://, s3://)");
+		return MER_EINVAL;
+	}
+	if (s[0] != '/' && strncmp(s, "hdfs://", 7) && strncmp(s, "s3://", 5)) {
+		mer_json_doc_errf(doc, path, err, errlen,
+				  "must be an absolute posix path, hdfs:// or "
+				  "s3://");
+		return MER_EINVAL;
+	}
+	return 0;
+}
+
+static int member_tags(const struct list_rules *lr,
+		       const struct mer_json_doc *doc, const char *path,
+		       const json_t *val, const json_t *list, size_t idx,
+		       char *err, size_t errlen)
+{
+	size_t j;
+	json_t *t;
+	int ok = json_is_array(val);
+
+	(void)lr;
+	(void)list;
+	(void)idx;
+	json_array_foreach (val, j, t)
+		ok = ok && json_is_string(t) && *json_string_value(t);
+	if (ok)
+		return 0;
+	mer_json_doc_errf(doc, path, err, errlen,
+			  "must be a list of non-empty strings");
+	return MER_EINVAL;
+}
+
+static int check_list(const struct list_rules *lr,
+		      const struct mer_json_doc *doc, const char *path,
+		      const json_t *v, char *err, size_t errlen)
+{
+	size_t i;
+	json_t *e;
+	char p[256], q[300];
+
+	json_array_foreach (v, i, e) {
+		const struct member_rule *m;
+		const char *key;
+		json_t *val;
+		int rv;
+
+		snprintf(p, sizeof(p), "%s[%zu]", path, i);
+		if (lr->bare_names && json_is_string(e)) {
+			if (!name_ok(json_string_value(e)))
+				return bad_name(lr, doc, p, err, errlen);
+			continue;
+		}
+		if (!json_is_object(e)) {
+			if (lr->bare_names)
+				mer_json_doc_errf(doc, p, err, errlen,
+						  "expected a %s name or an "
+						  "object, got %s",
+						  lr->what,
+						  mer_json_type_name(e));
+			else
+				mer_json_doc_errf(doc, p, err, errlen,
+						  "expected an object, got %s",
+						  mer_json_type_name(e));
 			return MER_EINVAL;
 		}
-		if (!json_is_number(val) || json_number_value(val) < 0 ||
-		    json_number_value(val) > 1e6) {
-			mer_json_doc_errf(doc, p, err, errlen,
-					  "must be a number from 0 to 1e6");
-			return MER_EINVAL;
+		json_object_foreach (e, key, val) {
+			snprintf(q, sizeof(q), "%s", p);
+			mer_json_path_append(q, sizeof(q), key);
+			for (m = lr->members; m->key; m++)
+				if (strcmp(key, m->key) == 0)
+					break;
+			if (!m->key) {
+				char keys[128] = "";
+				size_t off = 0;
+				for (m = lr->members;
+				     m->key && off < sizeof(keys); m++)
+					off += (size_t)snprintf(
+					    keys + off, sizeof(keys) - off,
+					    "%s%s", off ? ", " : "", m->key);
+				mer_json_doc_key_errf(doc, q, err, errlen,
+						      "unknown key '%s' (%s)",
+						      key, keys);
+				return MER_EINVAL;
+			}
+			if ((rv = m->check(lr, doc, q, val, v, i, err, errlen)))
+				return rv;
+		}
+		for (const char *const *r = lr->required; *r; r++) {
+			if (!json_object_get(e, *r)) {
+				mer_json_doc_errf(doc, p, err, errlen, "%s",
+						  lr->missing);
+				return MER_EINVAL;
+			}
 		}
 	}
 	return 0;
+}
+
+static const struct member_rule pool_members[] = {
+    {"name", member_name},
+    {"fraction", member_fraction},
+    {"fabric", member_fabric},
+    {NULL, NULL},
+};
+static const char *const pool_required[] = {"name", NULL};
+static const struct list_rules pool_rules = {
+    "pool", 1, pool_members, pool_required, "a pool needs a name"};
+
+static const struct member_rule dataset_members[] = {
+    {"name", member_unique_name},
+    {"bytes", member_bytes},
+    {"path", member_path},
+    {"tags", member_tags},
+    {NULL, NULL},
+};
+static const char *const dataset_required[] = {"name", "path", NULL};
+static const struct list_rules dataset_rules = {
+    "dataset", 0, dataset_members, dataset_required,
+    "a dataset needs a name and a path"};
+
+static int check_pools(const struct mer_json_doc *doc, const char *path,
+		       const json_t *v, const void *cfg, char *err,
+		       size_t errlen)
+{
+	(void)cfg;
+	return check_list(&pool_rules, doc, path, v, err, errlen);
 }
 
 static int check_datasets(const struct mer_json_doc *doc, const char *path,
 			  const json_t *v, const void *cfg, char *err,
 			  size_t errlen)
 {
-	size_t i, j;
-	json_t *e, *t;
-	char p[256], q[300];
-
 	(void)cfg;
-	json_array_foreach (v, i, e) {
-		const char *key;
-		json_t *val;
-		snprintf(p, sizeof(p), "%s[%zu]", path, i);
-		if (!json_is_object(e)) {
-			mer_json_doc_errf(doc, p, err, errlen,
-					  "expected an object, got %s",
-					  mer_json_type_name(e));
-			return MER_EINVAL;
-		}
-		json_object_foreach (e, key, val) {
-			snprintf(q, sizeof(q), "%s", p);
-			mer_json_path_append(q, sizeof(q), key);
-			if (strcmp(key, "name") == 0) {
-				if (!json_is_string(val) ||
-				    !name_ok(json_string_value(val))) {
-					mer_json_doc_errf(
-					    doc, q, err, errlen,
-					    "must be a dataset name (1-63 "
-					    "of A-Z a-z 0-9 . _ : / -)");
-					return MER_EINVAL;
-				}
-				for (j = 0; j < i; j++) {
-					const char *o =
-					    json_string_value(json_object_get(
-						json_array_get(v, j), "name"));
-					if (o && strcmp(o, json_string_value(
-							       val)) == 0) {
-						mer_json_doc_errf(
-						    doc, q, err, errlen,
-						    "duplicate dataset "
-						    "'%s'",
-						    o);
-						return MER_EINVAL;
-					}
-				}
-			} else if (strcmp(key, "bytes") == 0) {
-				if (!json_is_integer(val) ||
-				    json_integer_value(val) < 0) {
-					mer_json_doc_errf(
-					    doc, q, err, errlen,
-					    "must be a non-negative "
-					    "integer");
-					return MER_EINVAL;
-				}
-			} else if (strcmp(key, "path") == 0) {
-				const char *s = json_string_value(val);
-				if (!s || !*s) {
-					mer_json_doc_errf(
-					    doc, q, err, errlen,
-					    "must be a non-empty path "
-					    "(/posix, hdfs://, s3://)");
-					return MER_EINVAL;
-				}
-				if (s[0] != '/' && strncmp(s, "hdfs://", 7) &&
-				    strncmp(s, "s3://", 5)) {
-					mer_json_doc_errf(
-					    doc, q, err, errlen,
-					    "must be an absolute posix "
-					    "path, hdfs:// or s3://");
-					return MER_EINVAL;
-				}
-			} else if (strcmp(key, "tags") == 0) {
-				if (!json_is_array(val))
-					goto bad_tags;
-				json_array_foreach (val, j, t) {
-					if (!json_is_string(t) ||
-					    !*json_string_value(t))
-						goto bad_tags;
-				}
-			} else {
-				mer_json_doc_key_errf(doc, q, err, errlen,
-						      "unknown key '%s' (name, "
-						      "bytes, path, tags)",
-						      key);
-				return MER_EINVAL;
-			}
-			continue;
-		bad_tags:
-			mer_json_doc_errf(doc, q, err, errlen,
-					  "must be a list of non-empty "
-					  "strings");
-			return MER_EINVAL;
-		}
-		if (!json_object_get(e, "name") ||
-		    !json_object_get(e, "path")) {
-			mer_json_doc_errf(doc, p, err, errlen,
-					  "a dataset needs a name and a path");
-			return MER_EINVAL;
-		}
-	}
-	return 0;
+	return check_list(&dataset_rules, doc, path, v, err, errlen);
 }
 
 #define C struct mer_agent_cfg

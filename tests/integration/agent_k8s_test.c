@@ -16,7 +16,7 @@
 #include "site-agent/kutil.h"
 #include "site-agent/runner.h"
 #include "tests/harness.h"
-#include "tests/lib/proc.h"
+#include "tests/lib/fixture_site.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -29,50 +29,10 @@ static struct {
 	pthread_mutex_t lock;
 	json_t *nodes, *pods, *statuses;
 	json_t *jobs;		/* name -> created object */
-	json_t *received;	/* [{method, path, query, body, auth}] */
+	struct t_reqlog log;	/* with the Authorization header */
 	const char *job_status; /* key in statuses */
 	int fail_pods;		/* answer /api/v1/pods with 500 */
-} fx = {.lock = PTHREAD_MUTEX_INITIALIZER};
-
-static json_t *load_fixture(const char *name)
-{
-	char path[1024], err[512];
-	const char *top = getenv("MERIDIAN_TOP");
-	struct mer_json_doc doc = {0};
-	json_t *r;
-
-	snprintf(path, sizeof(path), "%s/tests/fixtures/k8s/%s",
-		 top ? top : ".", name);
-	if (mer_json_doc_load(path, 0, 0, &doc, err, sizeof(err))) {
-		fprintf(stderr, "%s\n", err);
-		return NULL;
-	}
-	r = json_incref(doc.root);
-	mer_json_doc_free(&doc);
-	return r;
-}
-
-static void record(struct mer_http_req *req)
-{
-	size_t len = 0;
-	const char *body = mer_http_req_body(req, &len);
-	const char *auth = mer_http_req_header(req, "Authorization");
-	json_t *q = json_object();
-
-	for (size_t i = 0; i < mer_http_req_query_count(req); i++) {
-		const char *n, *v;
-		if (mer_http_req_query_at(req, i, &n, &v) == 0)
-			json_object_set_new(q, n, json_string(v));
-	}
-	pthread_mutex_lock(&fx.lock);
-	json_array_append_new(
-	    fx.received,
-	    json_pack("{s:s, s:s, s:o, s:s#, s:s}", "method",
-		      mer_http_req_method(req), "path", mer_http_req_path(req),
-		      "query", q, "body", body ? body : "", body ? len : 0,
-		      "auth", auth ? auth : ""));
-	pthread_mutex_unlock(&fx.lock);
-}
+} fx = {.lock = PTHREAD_MUTEX_INITIALIZER, .log = T_REQLOG_INITIALIZER};
 
 /* A Kubernetes Status object, as the API server sends errors. */
 static int status_err(struct mer_http_res *res, int code, const char *reason,
@@ -89,7 +49,7 @@ static int authed(struct mer_http_req *req, struct mer_http_res *res)
 {
 	const char *a = mer_http_req_header(req, "Authorization");
 
-	record(req);
+	t_reqlog_add(&fx.log, req, "Authorization");
 	if (!a || strcmp(a, "Bearer " TOKEN) != 0) {
 		status_err(res, 401, "Unauthorized", "Unauthorized");
 		return 0;
@@ -266,63 +226,53 @@ static const struct mer_http_route routes[] = {
      h_job_delete, NULL, MER_HTTP_JSON_OPTIONAL},
 };
 
-struct env {
-	struct mer_http_server *srv;
-	struct mer_agent_cfg cfg;
-	char *dir;
-};
-
-static int env_up(struct env *e, int volcano)
+static void env_down(struct t_fxsite *e)
 {
-	struct mer_http_config hc = {.url = "http://127.0.0.1:0"};
-	char cfg[2048], err[512];
-	int rv;
-
-	memset(e, 0, sizeof(*e));
-	fx.nodes = load_fixture("nodes.json");
-	fx.pods = load_fixture("pods.json");
-	fx.statuses = load_fixture("job-status.json");
-	fx.jobs = json_object();
-	fx.received = json_array();
-	fx.job_status = "running";
-	fx.fail_pods = 0;
-	if (!fx.nodes || !fx.pods || !fx.statuses)
-		return MER_EIO;
-	if ((rv = t_tmpdir("agent-k8s", &e->dir)) ||
-	    (rv = mer_http_server_new(&hc, &e->srv, err, sizeof(err))) ||
-	    (rv = mer_http_server_add_routes(
-		 e->srv, routes, sizeof(routes) / sizeof(routes[0]))) ||
-	    (rv = mer_http_server_start(e->srv)))
-		return rv;
-	snprintf(cfg, sizeof(cfg),
-		 "{\"site\": {\"name\": \"k8s-a\", \"region\": \"us-west-2\"},"
-		 " \"scheduler\": {\"kind\": \"kubernetes\", \"url\": "
-		 "\"http://127.0.0.1:%d\", \"token\": \"" TOKEN "\","
-		 " \"namespace\": \"meridian\", \"volcano\": %s,"
-		 " \"queue\": \"fed\", \"timeout\": \"5s\"},"
-		 " \"prices\": {\"gpu_hour\": {\"a100\": 3.1}},"
-		 " \"agent\": {\"state_file\": \"%s/state\"}}",
-		 mer_http_server_port(e->srv), volcano ? "true" : "false",
-		 e->dir);
-	rv = mer_agent_cfg_load_string("k8s.json", cfg, &e->cfg, err,
-				       sizeof(err));
-	if (rv)
-		fprintf(stderr, "%s\n", err);
-	return rv;
-}
-
-static void env_down(struct env *e)
-{
-	mer_http_server_free(e->srv);
-	mer_agent_cfg_free(&e->cfg);
-	t_rmtree(e->dir);
-	free(e->dir);
+	t_fxsite_stop(e);
 	json_decref(fx.nodes);
 	json_decref(fx.pods);
 	json_decref(fx.statuses);
 	json_decref(fx.jobs);
-	json_decref(fx.received);
-	fx.nodes = fx.pods = fx.statuses = fx.jobs = fx.received = NULL;
+	t_reqlog_free(&fx.log);
+	fx.nodes = fx.pods = fx.statuses = fx.jobs = NULL;
+}
+
+/* Starts the fixture and loads the agent's config; on failure the case
+ * has failed and nothing is left to stop. */
+static int env_up(struct t_fxsite *e, int volcano)
+{
+	int rv;
+
+	memset(e, 0, sizeof(*e));
+	fx.nodes = t_fixture_json("k8s/nodes.json");
+	fx.pods = t_fixture_json("k8s/pods.json");
+	fx.statuses = t_fixture_json("k8s/job-status.json");
+	fx.jobs = json_object();
+	t_reqlog_reset(&fx.log);
+	fx.job_status = "running";
+	fx.fail_pods = 0;
+	rv = !fx.nodes || !fx.pods || !fx.statuses ? MER_EIO : 0;
+	if (!rv)
+		rv = t_fxsite_start(e, "agent-k8s", routes,
+				    sizeof(routes) / sizeof(routes[0]));
+	if (!rv)
+		rv = t_fxsite_cfg(
+		    e, "k8s.json",
+		    "{\"site\": {\"name\": \"k8s-a\", \"region\": "
+		    "\"us-west-2\"},"
+		    " \"scheduler\": {\"kind\": \"kubernetes\", \"url\": "
+		    "\"http://127.0.0.1:%d\", \"token\": \"" TOKEN "\","
+		    " \"namespace\": \"meridian\", \"volcano\": %s,"
+		    " \"queue\": \"fed\", \"timeout\": \"5s\"},"
+		    " \"prices\": {\"gpu_hour\": {\"a100\": 3.1}},"
+		    " \"agent\": {\"state_file\": \"%s/state\"}}",
+		    t_fxsite_port(e), volcano ? "true" : "false", e->dir);
+	if (rv) {
+		t_fail(__FILE__, __LINE__, "fixture server did not start: %s",
+		       t_strerror(rv));
+		env_down(e);
+	}
+	return rv;
 }
 
 static const struct mer_agent_res *find_res(const struct mer_agent_capacity *c,
@@ -337,41 +287,25 @@ static const struct mer_agent_res *find_res(const struct mer_agent_capacity *c,
 /* The last request recorded with this method whose path contains part. */
 static json_t *received(const char *method, const char *part)
 {
-	json_t *r, *found = NULL;
-	size_t i;
-
-	pthread_mutex_lock(&fx.lock);
-	json_array_foreach (fx.received, i, r) {
-		if (!strcmp(json_string_value(json_object_get(r, "method")),
-			    method) &&
-		    strstr(json_string_value(json_object_get(r, "path")), part))
-			found = r;
-	}
-	if (found)
-		json_incref(found);
-	pthread_mutex_unlock(&fx.lock);
-	return found;
+	return t_reqlog_last(&fx.log, method, part, T_PATH_HAS);
 }
 
-static json_t *body_of(json_t *rec)
+static json_t *received_body(const char *method, const char *part)
 {
-	return json_loads(json_string_value(json_object_get(rec, "body")), 0,
-			  NULL);
+	return t_reqlog_last_body(&fx.log, method, part, T_PATH_HAS);
 }
 
 static void test_capacity(void)
 {
-	struct env e;
+	struct t_fxsite e;
 	void *inst = NULL;
 	struct mer_agent_capacity *cap = calloc(1, sizeof(*cap));
 	const struct mer_agent_res *r;
 	char err[512] = "";
 
 	T_ASSERT(cap);
-	if (env_up(&e, 0)) {
-		t_fail(__FILE__, __LINE__, "fixture server did not start");
-		goto out;
-	}
+	if (env_up(&e, 0))
+		goto out_free;
 	T_OK(mer_agent_k8s_ops.open(&e.cfg, &inst, err, sizeof(err)));
 	int rv = mer_agent_k8s_ops.probe(inst, cap, err, sizeof(err));
 	T_EQ_INT(rv, 0);
@@ -410,23 +344,20 @@ static void test_capacity(void)
 		 "Bearer " TOKEN);
 	json_decref(rec);
 	mer_agent_k8s_ops.close(inst);
-out:
-	free(cap);
 	env_down(&e);
+out_free:
+	free(cap);
 }
 
 static void test_summary_valid_for_fed(void)
 {
-	struct env e;
+	struct t_fxsite e;
 	struct mer_agent *a = NULL;
 	json_t *s = NULL;
 	char err[512] = "";
 
-	if (env_up(&e, 0)) {
-		t_fail(__FILE__, __LINE__, "fixture server did not start");
-		env_down(&e);
+	if (env_up(&e, 0))
 		return;
-	}
 	T_OK(mer_agent_open(&e.cfg, &a, err, sizeof(err)));
 	T_OK(mer_agent_probe(a));
 	T_OK(mer_agent_summary(a, &s));
@@ -458,7 +389,7 @@ static void test_summary_valid_for_fed(void)
 
 static void test_batch_job(void)
 {
-	struct env e;
+	struct t_fxsite e;
 	void *inst = NULL;
 	struct mer_agent_capacity *cap = calloc(1, sizeof(*cap));
 	struct mer_agent_stage st = {0};
@@ -466,10 +397,8 @@ static void test_batch_job(void)
 	char err[512] = "", job[128], job2[128];
 
 	T_ASSERT(cap);
-	if (env_up(&e, 0)) {
-		t_fail(__FILE__, __LINE__, "fixture server did not start");
-		goto out;
-	}
+	if (env_up(&e, 0))
+		goto out_free;
 	T_OK(mer_agent_k8s_ops.open(&e.cfg, &inst, err, sizeof(err)));
 	T_OK(mer_agent_k8s_ops.probe(inst, cap, err, sizeof(err)));
 	snprintf(st.id, sizeof(st.id), "job-42/train");
@@ -485,11 +414,8 @@ static void test_batch_job(void)
 				      sizeof(err)));
 	T_CONTAINS(job, "batch/mer-job-42-train-");
 
-	json_t *rec = received("POST", "/apis/batch/v1/namespaces/meridian/"
-				       "jobs");
-	T_ASSERT(rec != NULL);
-	json_t *b = body_of(rec);
-	json_decref(rec);
+	json_t *b = received_body("POST", "/apis/batch/v1/namespaces/meridian/"
+					  "jobs");
 	T_ASSERT(b != NULL);
 	T_EQ_STR(json_string_value(json_object_get(b, "kind")), "Job");
 	T_EQ_STR(json_string_value(json_object_get(b, "apiVersion")),
@@ -559,10 +485,8 @@ static void test_batch_job(void)
 
 	/* Cancel: DELETE with propagationPolicy Background. */
 	T_OK(mer_agent_k8s_ops.cancel(inst, job, err, sizeof(err)));
-	rec = received("DELETE", "/jobs/mer-job-42-train-");
-	T_ASSERT(rec != NULL);
-	b = body_of(rec);
-	json_decref(rec);
+	b = received_body("DELETE", "/jobs/mer-job-42-train-");
+	T_ASSERT(b != NULL);
 	T_EQ_STR(json_string_value(json_object_get(b, "propagationPolicy")),
 		 "Background");
 	T_EQ_STR(json_string_value(json_object_get(b, "kind")),
@@ -573,10 +497,10 @@ static void test_batch_job(void)
 	/* cancelling again is not an error */
 	T_OK(mer_agent_k8s_ops.cancel(inst, job, err, sizeof(err)));
 	mer_agent_k8s_ops.close(inst);
-out:
+	env_down(&e);
+out_free:
 	mer_agent_stage_clear(&st);
 	free(cap);
-	env_down(&e);
 }
 
 /* Review finding 3: a submit before any probe (a reconcile after restart)
@@ -584,16 +508,13 @@ out:
  * rather than run anywhere. */
 static void test_selectors_without_probe(void)
 {
-	struct env e;
+	struct t_fxsite e;
 	void *inst = NULL;
 	struct mer_agent_stage st = {0};
 	char err[512] = "", job[128];
 
-	if (env_up(&e, 0)) {
-		t_fail(__FILE__, __LINE__, "fixture server did not start");
-		env_down(&e);
+	if (env_up(&e, 0))
 		return;
-	}
 	T_OK(mer_agent_k8s_ops.open(&e.cfg, &inst, err, sizeof(err)));
 	snprintf(st.id, sizeof(st.id), "job-43/train#1");
 	snprintf(st.pool, sizeof(st.pool), "gpu");
@@ -602,11 +523,9 @@ static void test_selectors_without_probe(void)
 	st.gpus = 1;
 	T_OK(mer_agent_k8s_ops.submit(inst, &st, job, sizeof(job), err,
 				      sizeof(err)));
-	json_t *rec = received("POST", "/apis/batch/v1/namespaces/meridian/"
-				       "jobs");
-	T_ASSERT(rec != NULL);
-	json_t *b = body_of(rec);
-	json_decref(rec);
+	json_t *b = received_body("POST", "/apis/batch/v1/namespaces/meridian/"
+					  "jobs");
+	T_ASSERT(b != NULL);
 	json_t *sel =
 	    mer_agent_jget(b, "spec", "template", "spec", "nodeSelector", NULL);
 	T_EQ_STR(json_string_value(
@@ -635,17 +554,14 @@ static void test_selectors_without_probe(void)
 
 static void test_volcano_gang(void)
 {
-	struct env e;
+	struct t_fxsite e;
 	void *inst = NULL;
 	struct mer_agent_stage st = {0};
 	struct mer_agent_stage_status ss;
 	char err[512] = "", job[128];
 
-	if (env_up(&e, 1)) {
-		t_fail(__FILE__, __LINE__, "fixture server did not start");
-		env_down(&e);
+	if (env_up(&e, 1))
 		return;
-	}
 	T_OK(mer_agent_k8s_ops.open(&e.cfg, &inst, err, sizeof(err)));
 	snprintf(st.id, sizeof(st.id), "job-7/pretrain");
 	st.command = strdup("torchrun train.py");
@@ -657,11 +573,8 @@ static void test_volcano_gang(void)
 	T_OK(mer_agent_k8s_ops.submit(inst, &st, job, sizeof(job), err,
 				      sizeof(err)));
 	T_CONTAINS(job, "volcano/mer-job-7-pretrain-");
-	json_t *rec = received("POST", "/apis/batch.volcano.sh/v1alpha1/"
-				       "namespaces/meridian/jobs");
-	T_ASSERT(rec != NULL);
-	json_t *b = body_of(rec);
-	json_decref(rec);
+	json_t *b = received_body("POST", "/apis/batch.volcano.sh/v1alpha1/"
+					  "namespaces/meridian/jobs");
 	T_ASSERT(b != NULL);
 	T_EQ_STR(json_string_value(json_object_get(b, "apiVersion")),
 		 "batch.volcano.sh/v1alpha1");
@@ -686,7 +599,7 @@ static void test_volcano_gang(void)
 	T_OK(mer_agent_k8s_ops.status(inst, job, &ss, err, sizeof(err)));
 	T_EQ_INT(ss.state, MER_AGENT_STAGE_RUNNING);
 	T_OK(mer_agent_k8s_ops.cancel(inst, job, err, sizeof(err)));
-	rec = received("DELETE", "batch.volcano.sh");
+	json_t *rec = received("DELETE", "batch.volcano.sh");
 	T_ASSERT(rec != NULL);
 	json_decref(rec);
 
@@ -703,16 +616,14 @@ static void test_volcano_gang(void)
 
 static void test_bad_token(void)
 {
-	struct env e;
+	struct t_fxsite e;
 	void *inst = NULL;
 	struct mer_agent_capacity *cap = calloc(1, sizeof(*cap));
 	char err[512] = "";
 
 	T_ASSERT(cap);
-	if (env_up(&e, 0)) {
-		t_fail(__FILE__, __LINE__, "fixture server did not start");
-		goto out;
-	}
+	if (env_up(&e, 0))
+		goto out_free;
 	free(e.cfg.token);
 	e.cfg.token = strdup("wrong");
 	T_OK(mer_agent_k8s_ops.open(&e.cfg, &inst, err, sizeof(err)));
@@ -721,23 +632,20 @@ static void test_bad_token(void)
 	T_CONTAINS(err, "HTTP 401");
 	T_CONTAINS(err, "Unauthorized");
 	mer_agent_k8s_ops.close(inst);
-out:
-	free(cap);
 	env_down(&e);
+out_free:
+	free(cap);
 }
 
 static void test_unreachable(void)
 {
-	struct env e;
+	struct t_fxsite e;
 	struct mer_agent *a = NULL;
 	json_t *s = NULL;
 	char err[512] = "";
 
-	if (env_up(&e, 0)) {
-		t_fail(__FILE__, __LINE__, "fixture server did not start");
-		env_down(&e);
+	if (env_up(&e, 0))
 		return;
-	}
 	mer_http_server_stop(e.srv);
 	T_OK(mer_agent_open(&e.cfg, &a, err, sizeof(err)));
 	T_EQ_INT(mer_agent_probe(a), MER_EUNREACHABLE);

@@ -18,149 +18,25 @@
 #include "site-agent/runner.h"
 #include "tests/harness.h"
 #include "tests/lib/proc.h"
+#include "tests/lib/slurm_cluster.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #define WAIT_MS 90000
 
 static struct {
-	int up;
+	struct t_slurm s;
 	char reason[512];
-	char top[1024];
-	char state[256];
-	char sock[512];
-	char partition[64];
-	char model[64];
-	char job_dir[512];
-	long cpus, gpus;
-	int watchdog_fd;
-	pid_t watchdog;
 	unsigned token;
 	struct mer_agent_cfg cfg;
 	int have_cfg;
-} g = {.watchdog_fd = -1};
+} g;
 
-/* Runs sh -c cmd; stdout into *out (malloc'd). */
-static int run(const char *cmd, char **out, int *status)
+static void free_cfg_at_exit(void)
 {
-	FILE *p = popen(cmd, "r");
-	size_t n = 0, cap = 4096;
-	char *buf = malloc(cap);
-	size_t r;
-
-	if (!p || !buf) {
-		if (p)
-			pclose(p);
-		free(buf);
-		return MER_EIO;
-	}
-	while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0) {
-		n += r;
-		if (n + 1 == cap) {
-			char *q = realloc(buf, cap * 2);
-			if (!q)
-				break;
-			buf = q;
-			cap *= 2;
-		}
-	}
-	buf[n] = '\0';
-	int st = pclose(p);
-	*status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-	*out = buf;
-	return 0;
-}
-
-/* NAME='value' in slurm-up.sh's output. */
-static int env_value(const char *text, const char *name, char *out, size_t n)
-{
-	char pat[80];
-	const char *p, *e;
-
-	snprintf(pat, sizeof(pat), "%s='", name);
-	if (!(p = strstr(text, pat)))
-		return MER_ENOTFOUND;
-	p += strlen(pat);
-	if (!(e = strchr(p, '\'')) || (size_t)(e - p) >= n)
-		return MER_EPARSE;
-	memcpy(out, p, (size_t)(e - p));
-	out[e - p] = '\0';
-	return 0;
-}
-
-static void down_cmd(char *cmd, size_t n)
-{
-	snprintf(cmd, n,
-		 "'%s/deploy/slurm-down.sh' --state '%s' --purge "
-		 ">/dev/null 2>&1",
-		 g.top, g.state);
-}
-
-static void start_watchdog(void)
-{
-	int fds[2];
-	char cmd[1400];
-	pid_t pid;
-
-	down_cmd(cmd, sizeof(cmd));
-	if (pipe2(fds, O_CLOEXEC) != 0)
-		return;
-	fflush(stdout);
-	pid = fork();
-	if (pid < 0) {
-		close(fds[0]);
-		close(fds[1]);
-		return;
-	}
-	if (pid == 0) {
-		char c;
-		ssize_t r;
-		close(fds[1]);
-		setsid();
-		do
-			r = read(fds[0], &c, 1);
-		while (r < 0 && errno == EINTR);
-		if (r == 1)
-			_exit(0);
-		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-		_exit(127);
-	}
-	close(fds[0]);
-	g.watchdog_fd = fds[1];
-	g.watchdog = pid;
-}
-
-static void stop_watchdog(void)
-{
-	if (g.watchdog_fd >= 0) {
-		ssize_t r = write(g.watchdog_fd, "x", 1);
-		(void)r;
-		close(g.watchdog_fd);
-		g.watchdog_fd = -1;
-	}
-	if (g.watchdog > 0) {
-		waitpid(g.watchdog, NULL, 0);
-		g.watchdog = 0;
-	}
-}
-
-static void down_at_exit(void)
-{
-	char cmd[1400];
-
-	if (g.up) {
-		down_cmd(cmd, sizeof(cmd));
-		if (system(cmd) != 0)
-			fprintf(stderr, "agent_slurm: slurm-down failed\n");
-		g.up = 0;
-	}
-	stop_watchdog();
 	if (g.have_cfg)
 		mer_agent_cfg_free(&g.cfg);
 	g.have_cfg = 0;
@@ -168,7 +44,7 @@ static void down_at_exit(void)
 
 static int need_cluster(void)
 {
-	if (g.up && g.have_cfg)
+	if (g.s.up && g.have_cfg)
 		return 1;
 	t_skip("%s", g.reason[0] ? g.reason : "the cluster is not up");
 	return 0;
@@ -176,69 +52,35 @@ static int need_cluster(void)
 
 static void test_up(void)
 {
-	char tmpl[] = "/tmp/meridian-agent-slurm.XXXXXX";
-	char cmd[2048], num[32], cfg[4096], err[512];
-	const char *top = getenv("MERIDIAN_TOP");
-	char *out = NULL;
-	int st;
+	char cfg[4096], err[512];
+	int rv, st;
 
-	snprintf(g.top, sizeof(g.top), "%s", top && *top ? top : ".");
-	atexit(down_at_exit);
-	snprintf(cmd, sizeof(cmd), "%s/deploy/slurm-up.sh", g.top);
-	if (access(cmd, X_OK) != 0) {
+	atexit(free_cfg_at_exit);
+	rv = t_slurm_up(&g.s, "agent-slurm",
+			"--gpus 4 --gpu-model a100 --partition meridian", &st);
+	if (rv == MER_ENOTFOUND) {
 		snprintf(g.reason, sizeof(g.reason),
-			 "%.400s not found (set MERIDIAN_TOP)", cmd);
+			 "%.400s/deploy/slurm-up.sh not found (set "
+			 "MERIDIAN_TOP)",
+			 g.s.top);
 		t_fail(__FILE__, __LINE__, "%s", g.reason);
 		return;
 	}
-	/* Under /tmp: slurmrestd runs as nobody and must traverse it. */
-	T_ASSERT(mkdtemp(tmpl) != NULL);
-	snprintf(g.state, sizeof(g.state), "%s", tmpl);
-	snprintf(cmd, sizeof(cmd),
-		 "'%s/deploy/slurm-up.sh' --state '%s' --gpus 4 --gpu-model "
-		 "a100 --partition meridian 2>'%s.log'",
-		 g.top, g.state, g.state);
-	T_OK(run(cmd, &out, &st));
-	if (st == 3) {
-		char *log = NULL;
-		snprintf(cmd, sizeof(cmd), "%s.log", g.state);
-		t_read_file(cmd, &log, NULL);
+	if (rv == MER_EUNSUPPORTED) {
 		snprintf(g.reason, sizeof(g.reason),
-			 "slurm cannot run here: %.400s", log ? log : "?");
-		free(log);
-		unlink(cmd);
-		rmdir(g.state);
-		free(out);
+			 "slurm cannot run here: %.400s",
+			 g.s.up_log ? g.s.up_log : "?");
 		t_skip("%s", g.reason);
 		return;
 	}
-	if (st != 0) {
-		char *log = NULL;
-		snprintf(cmd, sizeof(cmd), "%s.log", g.state);
-		t_read_file(cmd, &log, NULL);
-		printf("%s\n", log ? log : "");
-		free(log);
+	if (rv) {
+		printf("%s\n", g.s.up_log ? g.s.up_log : "");
 		snprintf(g.reason, sizeof(g.reason),
-			 "slurm-up.sh failed (exit %d)", st);
-		free(out);
+			 "slurm-up.sh failed (exit %d): %s", st,
+			 mer_strerror(rv));
 		t_fail(__FILE__, __LINE__, "%s", g.reason);
-		g.up = 1; /* let down_at_exit clean what was started */
 		return;
 	}
-	snprintf(cmd, sizeof(cmd), "%s.log", g.state);
-	unlink(cmd);
-	g.up = 1;
-	start_watchdog();
-	T_OK(env_value(out, "SLURMRESTD_SOCKET", g.sock, sizeof(g.sock)));
-	T_OK(env_value(out, "SLURM_PARTITION", g.partition,
-		       sizeof(g.partition)));
-	T_OK(env_value(out, "SLURM_GPU_MODEL", g.model, sizeof(g.model)));
-	T_OK(env_value(out, "SLURM_JOB_DIR", g.job_dir, sizeof(g.job_dir)));
-	T_OK(env_value(out, "SLURM_CPUS", num, sizeof(num)));
-	g.cpus = strtol(num, NULL, 10);
-	T_OK(env_value(out, "SLURM_GPUS", num, sizeof(num)));
-	g.gpus = strtol(num, NULL, 10);
-	free(out);
 	g.token = (unsigned)getpid() ^ (unsigned)t_now_ms();
 	snprintf(cfg, sizeof(cfg),
 		 "{\"site\": {\"name\": \"slurm-a\", \"region\": "
@@ -248,7 +90,7 @@ static void test_up(void)
 		 " \"prices\": {\"gpu_hour\": {\"%s\": 2.2}, \"core_hour\": "
 		 "0.01},"
 		 " \"agent\": {\"state_file\": \"%s/agent.state\"}}",
-		 g.sock, g.model, g.job_dir);
+		 g.s.sock, g.s.model, g.s.job_dir);
 	T_OK(mer_agent_cfg_load_string("slurm.json", cfg, &g.cfg, err,
 				       sizeof(err)));
 	g.have_cfg = 1;
@@ -286,16 +128,16 @@ static void test_summary(void)
 	T_EQ_INT(rv, 0);
 	T_OK(mer_agent_summary(a, &s));
 	json_t *site = json_object_get(s, "site");
-	snprintf(kind, sizeof(kind), "gpu:%s", g.model);
+	snprintf(kind, sizeof(kind), "gpu:%s", g.s.model);
 	T_EQ_STR(
 	    json_string_value(json_object_get(
 		json_array_get(json_object_get(site, "pools"), 0), "name")),
-	    g.partition);
-	T_EXPECT(res(site, g.partition, "cpu", "total") == g.cpus);
-	T_EXPECT(res(site, g.partition, "cpu", "allocatable") == g.cpus);
-	T_EXPECT(res(site, g.partition, kind, "total") == g.gpus);
-	T_EXPECT(res(site, g.partition, kind, "free") == g.gpus);
-	T_EXPECT(res(site, g.partition, "memory_mb", "total") > 0);
+	    g.s.partition);
+	T_EXPECT(res(site, g.s.partition, "cpu", "total") == g.s.cpus);
+	T_EXPECT(res(site, g.s.partition, "cpu", "allocatable") == g.s.cpus);
+	T_EXPECT(res(site, g.s.partition, kind, "total") == g.s.gpus);
+	T_EXPECT(res(site, g.s.partition, kind, "free") == g.s.gpus);
+	T_EXPECT(res(site, g.s.partition, "memory_mb", "total") > 0);
 	T_CONTAINS(json_string_value(json_object_get(
 		       json_object_get(s, "status"), "scheduler_version")),
 		   "v0.0.");
@@ -328,8 +170,8 @@ static void stage(struct mer_agent_stage *st, const char *id, const char *cmd)
 	memset(st, 0, sizeof(*st));
 	snprintf(st->id, sizeof(st->id), "%s", id);
 	st->command = strdup(cmd);
-	st->workdir = strdup(g.job_dir);
-	snprintf(out, sizeof(out), "%s/stage-%%j.out", g.job_dir);
+	st->workdir = strdup(g.s.job_dir);
+	snprintf(out, sizeof(out), "%s/stage-%%j.out", g.s.job_dir);
 	st->output = strdup(out);
 	st->cpus = 1;
 	st->memory_mb = 64;
@@ -347,12 +189,12 @@ static void test_stage_succeeds_with_output(void)
 	if (!need_cluster())
 		return;
 	snprintf(id, sizeof(id), "job-%u/hello", g.token);
-	snprintf(path, sizeof(path), "%s/hello-%u.txt", g.job_dir, g.token);
+	snprintf(path, sizeof(path), "%s/hello-%u.txt", g.s.job_dir, g.token);
 	snprintf(want, sizeof(want), "hello %u", g.token);
 	snprintf(cmd, sizeof(cmd), "echo \"%s $SLURM_GPUS_ON_NODE\" > %s", want,
 		 path);
 	stage(&st, id, cmd);
-	snprintf(st.gpu_model, sizeof(st.gpu_model), "%s", g.model);
+	snprintf(st.gpu_model, sizeof(st.gpu_model), "%s", g.s.model);
 	st.gpus = 2;
 	T_OK(mer_agent_open(&g.cfg, &a, err, sizeof(err)));
 	T_OK(mer_agent_probe(a));
@@ -386,13 +228,13 @@ static void test_replicas_per_task(void)
 	if (!need_cluster())
 		return;
 	snprintf(id, sizeof(id), "job-%u/ddp#1", g.token);
-	snprintf(path, sizeof(path), "%s/ddp-%u.txt", g.job_dir, g.token);
+	snprintf(path, sizeof(path), "%s/ddp-%u.txt", g.s.job_dir, g.token);
 	snprintf(cmd, sizeof(cmd),
 		 "echo \"$SLURM_NTASKS $SLURM_MEM_PER_CPU "
 		 "$SLURM_GPUS_ON_NODE\" > %s",
 		 path);
 	stage(&st, id, cmd);
-	snprintf(st.gpu_model, sizeof(st.gpu_model), "%s", g.model);
+	snprintf(st.gpu_model, sizeof(st.gpu_model), "%s", g.s.model);
 	st.gpus = 1;
 	st.replicas = 2;
 	T_OK(mer_agent_open(&g.cfg, &a, err, sizeof(err)));
@@ -501,7 +343,7 @@ static void test_restart_mid_stage(void)
 
 	/* even without the state file the job is found by its name */
 	char path[700];
-	snprintf(path, sizeof(path), "%s/agent.state", g.job_dir);
+	snprintf(path, sizeof(path), "%s/agent.state", g.s.job_dir);
 	unlink(path);
 	a = NULL;
 	T_OK(mer_agent_open(&g.cfg, &a, err, sizeof(err)));
@@ -514,17 +356,13 @@ static void test_restart_mid_stage(void)
 
 static void test_down(void)
 {
-	char cmd[1400];
 	int st;
 
-	if (!g.up) {
+	if (!g.s.up) {
 		t_skip("%s", g.reason[0] ? g.reason : "the cluster is not up");
 		return;
 	}
-	down_cmd(cmd, sizeof(cmd));
-	st = system(cmd);
-	g.up = 0;
-	stop_watchdog();
+	st = t_slurm_down(&g.s);
 	T_EQ_INT(st, 0);
 	/* the agent now sees an unreachable scheduler, and lives (the purge
 	 * took the state file's folder with it: run without one) */

@@ -11,7 +11,7 @@
 #include "site-agent/adapter.h"
 #include "site-agent/config.h"
 #include "tests/harness.h"
-#include "tests/lib/proc.h"
+#include "tests/lib/fixture_site.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -221,33 +221,34 @@ static const struct mer_http_route routes[] = {
 
 static void test_over_http(void)
 {
-	struct mer_http_config hc = {.url = "http://127.0.0.1:0"};
-	struct mer_http_server *srv = NULL;
-	struct mer_agent_cfg cfg = {0};
+	struct t_fxsite e;
+	struct mer_agent_cfg *cfg = &e.cfg;
 	struct mer_agent_capacity *cap = calloc(1, sizeof(*cap));
 	struct mer_agent_stage st = {0};
 	struct mer_agent_stage_status ss;
 	const struct mer_agent_res *r;
 	void *inst = NULL;
-	char text[1024], err[512] = "", job[64];
+	char err[512] = "", job[64];
+	int rv;
 
 	T_ASSERT(cap != NULL);
-	T_OK(mer_http_server_new(&hc, &srv, err, sizeof(err)));
-	T_OK(mer_http_server_add_routes(srv, routes,
-					sizeof(routes) / sizeof(routes[0])));
-	T_OK(mer_http_server_start(srv));
-	snprintf(text, sizeof(text),
-		 "{\"site\": {\"name\": \"s\", \"region\": \"r\"},"
-		 " \"scheduler\": {\"kind\": \"slurm\", \"url\": "
-		 "\"http://127.0.0.1:%d\", \"user\": \"meridian\", \"token\": "
-		 "\"jwt-abc\"}}",
-		 mer_http_server_port(srv));
-	if (mer_agent_cfg_load_string("s.json", text, &cfg, err, sizeof(err))) {
-		t_fail(__FILE__, __LINE__, "%s", err);
+	rv = t_fxsite_start(&e, "agent-slurmrest", routes,
+			    sizeof(routes) / sizeof(routes[0]));
+	if (!rv)
+		rv = t_fxsite_cfg(
+		    &e, "s.json",
+		    "{\"site\": {\"name\": \"s\", \"region\": \"r\"},"
+		    " \"scheduler\": {\"kind\": \"slurm\", \"url\": "
+		    "\"http://127.0.0.1:%d\", \"user\": \"meridian\", "
+		    "\"token\": \"jwt-abc\"}}",
+		    t_fxsite_port(&e));
+	if (rv) {
+		t_fail(__FILE__, __LINE__,
+		       "fixture slurmrestd did not start: %s", t_strerror(rv));
 		goto out;
 	}
-	T_OK(mer_agent_slurm_ops.open(&cfg, &inst, err, sizeof(err)));
-	int rv = mer_agent_slurm_ops.probe(inst, cap, err, sizeof(err));
+	T_OK(mer_agent_slurm_ops.open(cfg, &inst, err, sizeof(err)));
+	rv = mer_agent_slurm_ops.probe(inst, cap, err, sizeof(err));
 	if (rv)
 		printf("    probe: %s\n", err);
 	T_EQ_INT(rv, 0);
@@ -356,10 +357,10 @@ static void test_over_http(void)
 	mer_agent_slurm_ops.close(inst);
 
 	/* a wrong token: the server says 401, the adapter says so */
-	free(cfg.token);
-	cfg.token = strdup("nope");
+	free(cfg->token);
+	cfg->token = strdup("nope");
 	inst = NULL;
-	T_OK(mer_agent_slurm_ops.open(&cfg, &inst, err, sizeof(err)));
+	T_OK(mer_agent_slurm_ops.open(cfg, &inst, err, sizeof(err)));
 	T_EQ_INT(mer_agent_slurm_ops.probe(inst, cap, err, sizeof(err)),
 		 MER_EREMOTE);
 	T_CONTAINS(err, "HTTP 401");
@@ -367,38 +368,34 @@ static void test_over_http(void)
 	mer_agent_slurm_ops.close(inst);
 
 	/* scheduler.token_file when no token is inline */
-	char *dir = NULL, tf[600];
-	T_OK(t_tmpdir("agent-slurmrest", &dir));
-	snprintf(tf, sizeof(tf), "%s/token", dir);
+	char tf[600];
+	snprintf(tf, sizeof(tf), "%s/token", e.dir);
 	FILE *f = fopen(tf, "w");
 	T_ASSERT(f != NULL);
 	fputs("jwt-abc\n", f);
 	fclose(f);
-	free(cfg.token);
-	cfg.token = NULL;
-	free(cfg.token_file);
-	cfg.token_file = strdup(tf);
+	free(cfg->token);
+	cfg->token = NULL;
+	free(cfg->token_file);
+	cfg->token_file = strdup(tf);
 	inst = NULL;
 	pthread_mutex_lock(&fx.lock);
 	fx.bad_auth = 0;
 	pthread_mutex_unlock(&fx.lock);
-	T_OK(mer_agent_slurm_ops.open(&cfg, &inst, err, sizeof(err)));
+	T_OK(mer_agent_slurm_ops.open(cfg, &inst, err, sizeof(err)));
 	memset(cap, 0, sizeof(*cap));
 	T_OK(mer_agent_slurm_ops.probe(inst, cap, err, sizeof(err)));
 	T_EQ_INT(fx.bad_auth, 0);
 	mer_agent_slurm_ops.close(inst);
 	/* an untested version only when asked for, and well-formed */
-	free(cfg.api_version);
-	cfg.api_version = strdup("v0.0.4x");
+	free(cfg->api_version);
+	cfg->api_version = strdup("v0.0.4x");
 	inst = NULL;
-	T_EQ_INT(mer_agent_slurm_ops.open(&cfg, &inst, err, sizeof(err)),
+	T_EQ_INT(mer_agent_slurm_ops.open(cfg, &inst, err, sizeof(err)),
 		 MER_EINVAL);
-	t_rmtree(dir);
-	free(dir);
 out:
 	mer_agent_stage_clear(&st);
-	mer_agent_cfg_free(&cfg);
-	mer_http_server_free(srv);
+	t_fxsite_stop(&e);
 	json_decref(fx.submitted);
 	fx.submitted = NULL;
 	free(cap);

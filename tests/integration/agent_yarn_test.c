@@ -15,7 +15,7 @@
 #include "site-agent/kutil.h"
 #include "site-agent/runner.h"
 #include "tests/harness.h"
-#include "tests/lib/proc.h"
+#include "tests/lib/fixture_site.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -26,49 +26,11 @@
 static struct {
 	pthread_mutex_t lock;
 	json_t *info, *metrics, *nodes, *sched;
-	json_t *svcs;	  /* name -> {"spec", "id", "state", "containers"} */
-	json_t *apps;	  /* RM app id -> {"name", "state", "final", "diag"} */
-	json_t *received; /* [{method, path, query, body}] */
+	json_t *svcs; /* name -> {"spec", "id", "state", "containers"} */
+	json_t *apps; /* RM app id -> {"name", "state", "final", "diag"} */
+	struct t_reqlog log; /* every request, in order */
 	int next;
-} fx = {.lock = PTHREAD_MUTEX_INITIALIZER};
-
-static json_t *load_fixture(const char *name)
-{
-	char path[1024], err[512];
-	const char *top = getenv("MERIDIAN_TOP");
-	struct mer_json_doc doc = {0};
-	json_t *r;
-
-	snprintf(path, sizeof(path), "%s/tests/fixtures/yarn/%s",
-		 top ? top : ".", name);
-	if (mer_json_doc_load(path, 0, 0, &doc, err, sizeof(err))) {
-		fprintf(stderr, "%s\n", err);
-		return NULL;
-	}
-	r = json_incref(doc.root);
-	mer_json_doc_free(&doc);
-	return r;
-}
-
-static void record(struct mer_http_req *req)
-{
-	size_t len = 0;
-	const char *body = mer_http_req_body(req, &len);
-	json_t *q = json_object();
-
-	for (size_t i = 0; i < mer_http_req_query_count(req); i++) {
-		const char *n, *v;
-		if (mer_http_req_query_at(req, i, &n, &v) == 0)
-			json_object_set_new(q, n, json_string(v));
-	}
-	pthread_mutex_lock(&fx.lock);
-	json_array_append_new(
-	    fx.received,
-	    json_pack("{s:s, s:s, s:o, s:s#}", "method",
-		      mer_http_req_method(req), "path", mer_http_req_path(req),
-		      "query", q, "body", body ? body : "", body ? len : 0));
-	pthread_mutex_unlock(&fx.lock);
-}
+} fx = {.lock = PTHREAD_MUTEX_INITIALIZER, .log = T_REQLOG_INITIALIZER};
 
 /* The RM's error shape. */
 static int rm_err(struct mer_http_res *res, int code, const char *ex,
@@ -84,7 +46,7 @@ static int rm_err(struct mer_http_res *res, int code, const char *ex,
 static int h_fixed(struct mer_http_req *req, struct mer_http_res *res,
 		   void *arg)
 {
-	record(req);
+	t_reqlog_add(&fx.log, req, NULL);
 	return mer_http_res_json(res, 200, *(json_t **)arg);
 }
 
@@ -105,7 +67,7 @@ static int h_svc_create(struct mer_http_req *req, struct mer_http_res *res,
 	char id[64], msg[128];
 
 	(void)arg;
-	record(req);
+	t_reqlog_add(&fx.log, req, NULL);
 	if (!name || !json_is_array(json_object_get(b, "components")))
 		return mer_http_res_json_new(
 		    res, 400,
@@ -205,7 +167,7 @@ static int h_svc_get(struct mer_http_req *req, struct mer_http_res *res,
 	json_t *sv, *out = NULL;
 
 	(void)arg;
-	record(req);
+	t_reqlog_add(&fx.log, req, NULL);
 	pthread_mutex_lock(&fx.lock);
 	if ((sv = json_object_get(fx.svcs, name)))
 		out = svc_json(name, sv);
@@ -226,7 +188,7 @@ static int h_svc_put(struct mer_http_req *req, struct mer_http_res *res,
 	json_t *sv, *app = NULL;
 
 	(void)arg;
-	record(req);
+	t_reqlog_add(&fx.log, req, NULL);
 	pthread_mutex_lock(&fx.lock);
 	sv = json_object_get(fx.svcs, name);
 	if (sv)
@@ -275,7 +237,7 @@ static int h_app(struct mer_http_req *req, struct mer_http_res *res, void *arg)
 	json_t *a, *out = NULL;
 
 	(void)arg;
-	record(req);
+	t_reqlog_add(&fx.log, req, NULL);
 	pthread_mutex_lock(&fx.lock);
 	if ((a = json_object_get(fx.apps, id)))
 		out = json_pack("{s:o}", "app", app_json(id, a));
@@ -297,82 +259,64 @@ static const struct mer_http_route routes[] = {
     {"PUT", "/app/v1/services/{name}", h_svc_put, NULL, MER_HTTP_JSON_BODY},
 };
 
-struct env {
-	struct mer_http_server *srv;
-	struct mer_agent_cfg cfg;
-	char *dir;
-};
-
-static int env_up(struct env *e)
+static void env_down(struct t_fxsite *e)
 {
-	struct mer_http_config hc = {.url = "http://127.0.0.1:0"};
-	char cfg[2048], err[512];
-	int rv;
-
-	memset(e, 0, sizeof(*e));
-	fx.info = load_fixture("info.json");
-	fx.metrics = load_fixture("metrics.json");
-	fx.nodes = load_fixture("nodes.json");
-	fx.sched = load_fixture("scheduler.json");
-	fx.apps = json_object();
-	fx.svcs = json_object();
-	fx.received = json_array();
-	if (!fx.info || !fx.metrics || !fx.nodes || !fx.sched)
-		return MER_EIO;
-	if ((rv = t_tmpdir("agent-yarn", &e->dir)) ||
-	    (rv = mer_http_server_new(&hc, &e->srv, err, sizeof(err))) ||
-	    (rv = mer_http_server_add_routes(
-		 e->srv, routes, sizeof(routes) / sizeof(routes[0]))) ||
-	    (rv = mer_http_server_start(e->srv)))
-		return rv;
-	snprintf(cfg, sizeof(cfg),
-		 "{\"site\": {\"name\": \"yarn-a\", \"region\": \"eu-1\"},"
-		 " \"scheduler\": {\"kind\": \"yarn\", \"url\": "
-		 "\"http://127.0.0.1:%d\", \"user\": \"meridian\","
-		 " \"queue\": \"train\"},"
-		 " \"share\": {\"pools\": [\"train\", \"serve\"]},"
-		 " \"prices\": {\"gpu_hour\": {\"a100\": 2.0}},"
-		 " \"agent\": {\"state_file\": \"%s/state\"}}",
-		 mer_http_server_port(e->srv), e->dir);
-	rv = mer_agent_cfg_load_string("yarn.json", cfg, &e->cfg, err,
-				       sizeof(err));
-	if (rv)
-		fprintf(stderr, "%s\n", err);
-	return rv;
-}
-
-static void env_down(struct env *e)
-{
-	mer_http_server_free(e->srv);
-	mer_agent_cfg_free(&e->cfg);
-	t_rmtree(e->dir);
-	free(e->dir);
+	t_fxsite_stop(e);
 	json_decref(fx.info);
 	json_decref(fx.metrics);
 	json_decref(fx.nodes);
 	json_decref(fx.sched);
 	json_decref(fx.apps);
 	json_decref(fx.svcs);
-	json_decref(fx.received);
+	t_reqlog_free(&fx.log);
+	fx.info = fx.metrics = fx.nodes = fx.sched = fx.apps = fx.svcs = NULL;
+}
+
+/* Starts the fixture RM and loads the agent's config; on failure the case
+ * has failed and nothing is left to stop. */
+static int env_up(struct t_fxsite *e)
+{
+	int rv;
+
+	memset(e, 0, sizeof(*e));
+	fx.info = t_fixture_json("yarn/info.json");
+	fx.metrics = t_fixture_json("yarn/metrics.json");
+	fx.nodes = t_fixture_json("yarn/nodes.json");
+	fx.sched = t_fixture_json("yarn/scheduler.json");
+	fx.apps = json_object();
+	fx.svcs = json_object();
+	t_reqlog_reset(&fx.log);
+	rv = !fx.info || !fx.metrics || !fx.nodes || !fx.sched ? MER_EIO : 0;
+	if (!rv)
+		rv = t_fxsite_start(e, "agent-yarn", routes,
+				    sizeof(routes) / sizeof(routes[0]));
+	if (!rv)
+		rv = t_fxsite_cfg(
+		    e, "yarn.json",
+		    "{\"site\": {\"name\": \"yarn-a\", \"region\": \"eu-1\"},"
+		    " \"scheduler\": {\"kind\": \"yarn\", \"url\": "
+		    "\"http://127.0.0.1:%d\", \"user\": \"meridian\","
+		    " \"queue\": \"train\"},"
+		    " \"share\": {\"pools\": [\"train\", \"serve\"]},"
+		    " \"prices\": {\"gpu_hour\": {\"a100\": 2.0}},"
+		    " \"agent\": {\"state_file\": \"%s/state\"}}",
+		    t_fxsite_port(e), e->dir);
+	if (rv) {
+		t_fail(__FILE__, __LINE__, "fixture RM did not start: %s",
+		       t_strerror(rv));
+		env_down(e);
+	}
+	return rv;
 }
 
 static json_t *received(const char *method, const char *path)
 {
-	json_t *r, *found = NULL;
-	size_t i;
+	return t_reqlog_last(&fx.log, method, path, T_PATH_IS);
+}
 
-	pthread_mutex_lock(&fx.lock);
-	json_array_foreach (fx.received, i, r) {
-		if (!strcmp(json_string_value(json_object_get(r, "method")),
-			    method) &&
-		    !strcmp(json_string_value(json_object_get(r, "path")),
-			    path))
-			found = r;
-	}
-	if (found)
-		json_incref(found);
-	pthread_mutex_unlock(&fx.lock);
-	return found;
+static json_t *received_body(const char *method, const char *path)
+{
+	return t_reqlog_last_body(&fx.log, method, path, T_PATH_IS);
 }
 
 static int near(double a, double b)
@@ -382,7 +326,7 @@ static int near(double a, double b)
 
 static void test_capacity(void)
 {
-	struct env e;
+	struct t_fxsite e;
 	void *inst = NULL;
 	struct mer_agent_capacity *cap = calloc(1, sizeof(*cap));
 	const struct mer_agent_res *r;
@@ -390,10 +334,8 @@ static void test_capacity(void)
 	char err[512] = "";
 
 	T_ASSERT(cap);
-	if (env_up(&e)) {
-		t_fail(__FILE__, __LINE__, "fixture RM did not start");
-		goto out;
-	}
+	if (env_up(&e))
+		goto out_free;
 	T_OK(mer_agent_yarn_ops.open(&e.cfg, &inst, err, sizeof(err)));
 	T_OK(mer_agent_yarn_ops.probe(inst, cap, err, sizeof(err)));
 	T_EQ_STR(cap->version, "3.3.6");
@@ -428,23 +370,20 @@ static void test_capacity(void)
 		 "meridian");
 	json_decref(rec);
 	mer_agent_yarn_ops.close(inst);
-out:
-	free(cap);
 	env_down(&e);
+out_free:
+	free(cap);
 }
 
 static void test_summary_valid_for_fed(void)
 {
-	struct env e;
+	struct t_fxsite e;
 	struct mer_agent *a = NULL;
 	json_t *s = NULL;
 	char err[512] = "";
 
-	if (env_up(&e)) {
-		t_fail(__FILE__, __LINE__, "fixture RM did not start");
-		env_down(&e);
+	if (env_up(&e))
 		return;
-	}
 	T_OK(mer_agent_open(&e.cfg, &a, err, sizeof(err)));
 	T_OK(mer_agent_probe(a));
 	T_OK(mer_agent_summary(a, &s));
@@ -459,31 +398,16 @@ static void test_summary_valid_for_fed(void)
 	env_down(&e);
 }
 
-static json_t *received_body(const char *method, const char *path)
-{
-	json_t *rec = received(method, path), *b;
-
-	if (!rec)
-		return NULL;
-	b = json_loads(json_string_value(json_object_get(rec, "body")), 0,
-		       NULL);
-	json_decref(rec);
-	return b;
-}
-
 static void test_service_lifecycle(void)
 {
-	struct env e;
+	struct t_fxsite e;
 	void *inst = NULL;
 	struct mer_agent_stage st = {0};
 	struct mer_agent_stage_status ss;
 	char err[512] = "", id[128], id2[128], path[256];
 
-	if (env_up(&e)) {
-		t_fail(__FILE__, __LINE__, "fixture RM did not start");
-		env_down(&e);
+	if (env_up(&e))
 		return;
-	}
 	T_OK(mer_agent_yarn_ops.open(&e.cfg, &inst, err, sizeof(err)));
 	snprintf(st.id, sizeof(st.id), "job-9/prep#1");
 	st.command = strdup("python prep.py");
@@ -596,7 +520,7 @@ static void test_service_lifecycle(void)
 
 static void test_runner_over_yarn(void)
 {
-	struct env e;
+	struct t_fxsite e;
 	struct mer_agent *a = NULL;
 	struct mer_agent_stage st = {0};
 	char err[512] = "", id[128];
@@ -604,11 +528,8 @@ static void test_runner_over_yarn(void)
 	enum mer_agent_stage_state state;
 	int code;
 
-	if (env_up(&e)) {
-		t_fail(__FILE__, __LINE__, "fixture RM did not start");
-		env_down(&e);
+	if (env_up(&e))
 		return;
-	}
 	T_OK(mer_agent_open(&e.cfg, &a, err, sizeof(err)));
 	snprintf(st.id, sizeof(st.id), "j/s");
 	st.command = strdup("true");

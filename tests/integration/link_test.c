@@ -292,6 +292,48 @@ static int is_notice(const uint8_t *m, size_t n, int reason)
 	       why == reason;
 }
 
+/* The fixture broker and a raw session that completed its handshake
+ * (*status: the handshake's status). On failure nothing is left open. */
+static int raw_session(struct raw *r, int *status)
+{
+	if (fx_start(NULL, 0, 0) != 0)
+		return -1;
+	if (raw_open(r) == 0 && raw_handshake(r, &F.skey, status) == 0)
+		return 0;
+	nng_close(r->s);
+	fx_stop();
+	return -1;
+}
+
+static void raw_session_close(struct raw *r)
+{
+	nng_close(r->s);
+	fx_stop();
+}
+
+/* Sends len bytes of m: is the reply a NOTICE with this reason? */
+static int xchg_notice(struct raw *r, const uint8_t *m, size_t len, int reason)
+{
+	size_t rl = 0;
+	uint8_t *rep = raw_xchg(r, m, len, &rl);
+	int yes = is_notice(rep, rl, reason);
+
+	free(rep);
+	return yes;
+}
+
+/* Sends the sealed request m: the code of the sealed ERROR in the reply
+ * (as raw_error_code). */
+static int xchg_error(struct raw *r, const uint8_t *m, size_t len)
+{
+	size_t rl = 0;
+	uint8_t *rep = raw_xchg(r, m, len, &rl);
+	int code = raw_error_code(r, rep, rl, m);
+
+	free(rep);
+	return code;
+}
+
 /* ---- round trips ---- */
 
 static void roundtrip(void)
@@ -458,8 +500,7 @@ static int seqs_complete(json_t *reports, int from, int to)
 	json_t *v;
 	int ok = 1;
 
-	json_array_foreach(reports, i, v)
-	{
+	json_array_foreach (reports, i, v) {
 		json_int_t s = json_integer_value(
 		    json_object_get(json_object_get(v, "report"), "seq"));
 		if (s >= from && s <= to)
@@ -546,42 +587,33 @@ static void test_attack_replay(void)
 	size_t n, rl;
 	int status = -1;
 
-	T_ASSERT(fx_start(NULL, 0, 0) == 0);
-	T_ASSERT(raw_open(&r) == 0);
-	T_OK(raw_handshake(&r, &F.skey, &status));
+	T_ASSERT(raw_session(&r, &status) == 0);
 	T_EQ_INT(status, 0);
 	T_OK(raw_seal(&r, MER_WIRE_REPORT, "{\"seq\":1}", m, &n));
 	rep = raw_xchg(&r, m, n, &rl);
 	T_EXPECT(rep && !is_notice(rep, rl, MER_CHAN_R_REPLAY));
 	free(rep);
-	rep = raw_xchg(&r, m, n, &rl); /* the captured message, again */
-	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_REPLAY));
-	free(rep);
+	T_EXPECT(xchg_notice(
+	    &r, m, n, MER_CHAN_R_REPLAY)); /* the captured message, again */
 	T_EQ_INT(srv_stats().rejected[MER_CHAN_R_REPLAY], 1);
 	T_EQ_INT(reports_n(&F.reg), 1);
-	nng_close(r.s);
-	fx_stop();
+	raw_session_close(&r);
 }
 
 static void flip_case(size_t at, uint8_t mask, int reason)
 {
 	struct raw r;
-	uint8_t m[4096], *rep;
-	size_t n, rl;
+	uint8_t m[4096];
+	size_t n;
 	int status = -1;
 
-	T_ASSERT(fx_start(NULL, 0, 0) == 0);
-	T_ASSERT(raw_open(&r) == 0);
-	T_OK(raw_handshake(&r, &F.skey, &status));
+	T_ASSERT(raw_session(&r, &status) == 0);
 	T_OK(raw_seal(&r, MER_WIRE_REPORT, "{\"seq\":1,\"gpus\":8}", m, &n));
 	m[at < n ? at : n - 1] ^= mask;
-	rep = raw_xchg(&r, m, n, &rl);
-	T_EXPECT(is_notice(rep, rl, reason));
-	free(rep);
+	T_EXPECT(xchg_notice(&r, m, n, reason));
 	T_EQ_INT(srv_stats().rejected[reason], 1);
 	T_EQ_INT(reports_n(&F.reg), 0);
-	nng_close(r.s);
-	fx_stop();
+	raw_session_close(&r);
 }
 
 static void test_attack_flip_header(void)
@@ -601,26 +633,21 @@ static void test_attack_flip_ciphertext(void)
 static void test_attack_truncated(void)
 {
 	struct raw r;
-	uint8_t m[4096], *rep;
-	size_t n, rl;
+	uint8_t m[4096];
+	size_t n;
 	int status = -1;
 
-	T_ASSERT(fx_start(NULL, 0, 0) == 0);
-	T_ASSERT(raw_open(&r) == 0);
-	T_OK(raw_handshake(&r, &F.skey, &status));
+	T_ASSERT(raw_session(&r, &status) == 0);
 	T_OK(raw_seal(&r, MER_WIRE_REPORT, "{\"seq\":1}", m, &n));
-	rep = raw_xchg(&r, m, MER_WIRE_HDR_LEN + 8, &rl);
-	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_TRUNCATED));
-	free(rep);
-	rep = raw_xchg(&r, m, n - 1, &rl); /* tag cut short */
-	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_AUTH_FAILED));
-	free(rep);
+	T_EXPECT(
+	    xchg_notice(&r, m, MER_WIRE_HDR_LEN + 8, MER_CHAN_R_TRUNCATED));
+	T_EXPECT(xchg_notice(&r, m, n - 1,
+			     MER_CHAN_R_AUTH_FAILED)); /* tag cut short */
 	struct mer_link_stats st = srv_stats();
 	T_EQ_INT(st.rejected[MER_CHAN_R_TRUNCATED], 1);
 	T_EQ_INT(st.rejected[MER_CHAN_R_AUTH_FAILED], 1);
 	T_EQ_INT(reports_n(&F.reg), 0);
-	nng_close(r.s);
-	fx_stop();
+	raw_session_close(&r);
 }
 
 static void test_attack_oversized(void)
@@ -636,9 +663,7 @@ static void test_attack_oversized(void)
 	    .type = MER_WIRE_REPORT, .session = 1, .counter = 1};
 	mer_wire_hdr_encode(&h, big);
 	/* Over the protocol limit, under nng's: reaches us, counted. */
-	rep = raw_xchg(&r, big, 6000, &rl);
-	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_OVERSIZE));
-	free(rep);
+	T_EXPECT(xchg_notice(&r, big, 6000, MER_CHAN_R_OVERSIZE));
 	T_EQ_INT(srv_stats().rejected[MER_CHAN_R_OVERSIZE], 1);
 	/* Over NNG_OPT_RECVMAXSZ: nng drops it (and the connection). */
 	nng_socket_set_ms(r.s, NNG_OPT_RECVTIMEO, 500);
@@ -682,37 +707,27 @@ static void test_attack_oversized(void)
 static void test_attack_garbage(void)
 {
 	struct raw r;
-	uint8_t junk[100], *rep;
-	size_t rl;
+	uint8_t junk[100];
 
 	T_ASSERT(fx_start(NULL, 0, 0) == 0);
 	T_ASSERT(raw_open(&r) == 0);
 	randombytes_buf(junk, sizeof(junk));
 	junk[0] = 'x';
-	rep = raw_xchg(&r, junk, sizeof(junk), &rl);
-	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_MALFORMED));
-	free(rep);
-	rep = raw_xchg(&r, junk, 0, &rl); /* empty */
-	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_MALFORMED));
-	free(rep);
+	T_EXPECT(xchg_notice(&r, junk, sizeof(junk), MER_CHAN_R_MALFORMED));
+	T_EXPECT(xchg_notice(&r, junk, 0, MER_CHAN_R_MALFORMED)); /* empty */
 	/* Right magic, wrong version. */
 	junk[0] = 'M';
 	junk[1] = 'R';
 	junk[2] = 9;
-	rep = raw_xchg(&r, junk, sizeof(junk), &rl);
-	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_VERSION));
-	free(rep);
+	T_EXPECT(xchg_notice(&r, junk, sizeof(junk), MER_CHAN_R_VERSION));
 	/* A HELLO of the wrong size. */
 	junk[2] = MER_WIRE_VERSION;
 	junk[3] = MER_WIRE_HELLO;
-	rep = raw_xchg(&r, junk, sizeof(junk), &rl);
-	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_MALFORMED));
-	free(rep);
+	T_EXPECT(xchg_notice(&r, junk, sizeof(junk), MER_CHAN_R_MALFORMED));
 	/* A sealed type for a session that does not exist. */
 	junk[3] = MER_WIRE_REPORT;
-	rep = raw_xchg(&r, junk, sizeof(junk), &rl);
-	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_UNKNOWN_SESSION));
-	free(rep);
+	T_EXPECT(
+	    xchg_notice(&r, junk, sizeof(junk), MER_CHAN_R_UNKNOWN_SESSION));
 	struct mer_link_stats st = srv_stats();
 	T_EQ_INT(st.rejected[MER_CHAN_R_MALFORMED], 3);
 	T_EQ_INT(st.rejected[MER_CHAN_R_VERSION], 1);
@@ -832,41 +847,30 @@ static void test_attack_wrong_broker_key(void)
 static void test_attack_bad_type_and_payload(void)
 {
 	struct raw r;
-	uint8_t m[4096], *rep;
-	size_t n, rl;
+	uint8_t m[4096];
+	size_t n;
 	int status = -1;
 
-	T_ASSERT(fx_start(NULL, 0, 0) == 0);
-	T_ASSERT(raw_open(&r) == 0);
-	T_OK(raw_handshake(&r, &F.skey, &status));
+	T_ASSERT(raw_session(&r, &status) == 0);
 	/* A JOIN on a normal session: a sealed ERROR "protocol". */
 	T_OK(raw_seal(&r, MER_WIRE_JOIN, "{\"token\":\"x\"}", m, &n));
-	rep = raw_xchg(&r, m, n, &rl);
-	T_EQ_INT(raw_error_code(&r, rep, rl, m), MER_EPROTO);
-	free(rep);
+	T_EQ_INT(xchg_error(&r, m, n), MER_EPROTO);
 	/* Not JSON: a sealed ERROR "parse". */
 	T_OK(raw_seal(&r, MER_WIRE_REPORT, "[1,2", m, &n));
-	rep = raw_xchg(&r, m, n, &rl);
-	T_EQ_INT(raw_error_code(&r, rep, rl, m), MER_EPARSE);
-	free(rep);
+	T_EQ_INT(xchg_error(&r, m, n), MER_EPARSE);
 	/* A JSON array is not an object either. */
 	T_OK(raw_seal(&r, MER_WIRE_REPORT, "[1,2]", m, &n));
-	rep = raw_xchg(&r, m, n, &rl);
-	T_EQ_INT(raw_error_code(&r, rep, rl, m), MER_EPARSE);
-	free(rep);
+	T_EQ_INT(xchg_error(&r, m, n), MER_EPARSE);
 	/* A broker-to-agent type sent by an agent (channel.h will not seal
 	 * one: relabel a request). */
 	T_OK(raw_seal(&r, MER_WIRE_REPORT, "{}", m, &n));
 	m[3] = MER_WIRE_ACK;
-	rep = raw_xchg(&r, m, n, &rl);
-	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_BAD_TYPE));
-	free(rep);
+	T_EXPECT(xchg_notice(&r, m, n, MER_CHAN_R_BAD_TYPE));
 	struct mer_link_stats st = srv_stats();
 	T_EQ_INT(st.rejected[MER_CHAN_R_BAD_TYPE], 2);
 	T_EQ_INT(st.rejected[MER_CHAN_R_BAD_PAYLOAD], 2);
 	T_EQ_INT(reports_n(&F.reg), 0);
-	nng_close(r.s);
-	fx_stop();
+	raw_session_close(&r);
 }
 
 /* nng's REQ resend is off: a request whose connection drops is not sent
@@ -881,45 +885,75 @@ static void *report_thread(void *arg)
 	return NULL;
 }
 
-static void test_no_nng_resend(void)
+/* A bare REP on a loopback port picked at run time, standing in for the
+ * broker: its URL goes into url and F.url. */
+static int bare_rep_listen(nng_socket *rep, char *url, size_t n)
 {
-	nng_socket rep;
 	nng_listener l;
-	nng_msg *first = NULL, *again = NULL;
-	struct mer_keypair k;
-	struct mer_link_client *c = NULL;
-	struct poller p = {0};
-	pthread_t th;
-	char url[128];
 	int port = 0;
 
-	T_OK(mer_keypair_generate(&k));
-	T_ASSERT(nng_rep0_open(&rep) == 0);
-	T_ASSERT(nng_listener_create(&l, rep, "tcp://127.0.0.1:0") == 0);
-	T_ASSERT(nng_listener_start(l, 0) == 0);
-	T_ASSERT(nng_listener_get_int(l, NNG_OPT_TCP_BOUND_PORT, &port) == 0);
-	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", port);
+	if (nng_rep0_open(rep) != 0)
+		return -1;
+	if (nng_listener_create(&l, *rep, "tcp://127.0.0.1:0") != 0 ||
+	    nng_listener_start(l, 0) != 0 ||
+	    nng_listener_get_int(l, NNG_OPT_TCP_BOUND_PORT, &port) != 0) {
+		nng_close(*rep);
+		return -1;
+	}
+	snprintf(url, n, "tcp://127.0.0.1:%d", port);
 	snprintf(F.url, sizeof(F.url), "%s", url);
-	mer_key_fingerprint(k.pk, F.fp);
-	T_ASSERT(fx_client(&F, &k, F.fp, &c) == 0);
-	p.c = c;
-	T_ASSERT(pthread_create(&th, NULL, report_thread, &p) == 0);
-	nng_socket_set_ms(rep, NNG_OPT_RECVTIMEO, 3000);
-	T_EXPECT(nng_recvmsg(rep, &first, 0) == 0); /* the HELLO */
-	/* Drop the connection without answering; listen again. */
-	nng_close(rep);
-	T_ASSERT(nng_rep0_open(&rep) == 0);
-	nng_socket_set_ms(rep, NNG_OPT_RECVTIMEO, 1500);
-	T_ASSERT(nng_listen(rep, url, NULL, 0) == 0);
+	nng_socket_set_ms(*rep, NNG_OPT_RECVTIMEO, 3000);
+	return 0;
+}
+
+/* Drops the connection the client's request in th came on, listens again
+ * on url and waits for th: the client must be told (EUNREACHABLE) and nng
+ * must not have sent first again. */
+static void expect_not_resent(nng_socket *rep, const char *url, pthread_t th,
+			      const struct poller *p, nng_msg *first)
+{
+	nng_msg *again = NULL;
+	int listening;
+
+	nng_close(*rep);
+	listening = nng_rep0_open(rep) == 0;
+	if (listening) {
+		nng_socket_set_ms(*rep, NNG_OPT_RECVTIMEO, 1500);
+		listening = nng_listen(*rep, url, NULL, 0) == 0;
+	}
 	pthread_join(th, NULL);
-	T_EQ_INT(p.rv, MER_EUNREACHABLE); /* told, not silently resent */
-	if (nng_recvmsg(rep, &again, 0) == 0) {
+	if (!listening) {
+		t_fail(__FILE__, __LINE__, "cannot listen again on %s", url);
+		return;
+	}
+	T_EQ_INT(p->rv, MER_EUNREACHABLE); /* told, not silently resent */
+	if (nng_recvmsg(*rep, &again, 0) == 0) {
 		T_EXPECT(first == NULL ||
 			 nng_msg_len(again) != nng_msg_len(first) ||
 			 memcmp(nng_msg_body(again), nng_msg_body(first),
 				nng_msg_len(first)) != 0);
 		nng_msg_free(again);
 	}
+}
+
+static void test_no_nng_resend(void)
+{
+	nng_socket rep;
+	nng_msg *first = NULL;
+	struct mer_keypair k;
+	struct mer_link_client *c = NULL;
+	struct poller p = {0};
+	pthread_t th;
+	char url[128];
+
+	T_OK(mer_keypair_generate(&k));
+	T_ASSERT(bare_rep_listen(&rep, url, sizeof(url)) == 0);
+	mer_key_fingerprint(k.pk, F.fp);
+	T_ASSERT(fx_client(&F, &k, F.fp, &c) == 0);
+	p.c = c;
+	T_ASSERT(pthread_create(&th, NULL, report_thread, &p) == 0);
+	T_EXPECT(nng_recvmsg(rep, &first, 0) == 0); /* the HELLO */
+	expect_not_resent(&rep, url, th, &p, first);
 	if (first)
 		nng_msg_free(first);
 	mer_link_client_close(c);
@@ -1175,29 +1209,21 @@ static void test_agent_misrouted_ack(void)
 static void test_no_nng_resend_report(void)
 {
 	nng_socket rep;
-	nng_listener l;
-	nng_msg *hello = NULL, *first = NULL, *again = NULL, *w;
+	nng_msg *hello = NULL, *first = NULL, *w;
 	struct mer_keypair k, b;
 	struct mer_chan_session bs;
 	struct mer_link_client *c = NULL;
 	struct poller p = {0};
 	pthread_t th;
 	char url[128];
-	int port = 0;
 
 	T_OK(mer_keypair_generate(&k));
 	T_OK(mer_keypair_generate(&b));
-	T_ASSERT(nng_rep0_open(&rep) == 0);
-	T_ASSERT(nng_listener_create(&l, rep, "tcp://127.0.0.1:0") == 0);
-	T_ASSERT(nng_listener_start(l, 0) == 0);
-	T_ASSERT(nng_listener_get_int(l, NNG_OPT_TCP_BOUND_PORT, &port) == 0);
-	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", port);
-	snprintf(F.url, sizeof(F.url), "%s", url);
+	T_ASSERT(bare_rep_listen(&rep, url, sizeof(url)) == 0);
 	mer_key_fingerprint(b.pk, F.fp);
 	T_ASSERT(fx_client(&F, &k, F.fp, &c) == 0);
 	p.c = c;
 	T_ASSERT(pthread_create(&th, NULL, report_thread, &p) == 0);
-	nng_socket_set_ms(rep, NNG_OPT_RECVTIMEO, 3000);
 	T_EXPECT(nng_recvmsg(rep, &hello, 0) == 0);
 	if (hello && nng_msg_alloc(&w, MER_CHAN_WELCOME_LEN) == 0) {
 		if (mer_chan_welcome_make(
@@ -1209,19 +1235,7 @@ static void test_no_nng_resend_report(void)
 	T_EXPECT(nng_recvmsg(rep, &first, 0) == 0); /* the sealed REPORT */
 	T_EXPECT(first && nng_msg_len(first) > MER_WIRE_HDR_LEN &&
 		 ((uint8_t *)nng_msg_body(first))[3] == MER_WIRE_REPORT);
-	nng_close(rep);
-	T_ASSERT(nng_rep0_open(&rep) == 0);
-	nng_socket_set_ms(rep, NNG_OPT_RECVTIMEO, 1500);
-	T_ASSERT(nng_listen(rep, url, NULL, 0) == 0);
-	pthread_join(th, NULL);
-	T_EQ_INT(p.rv, MER_EUNREACHABLE);
-	if (nng_recvmsg(rep, &again, 0) == 0) {
-		T_EXPECT(first == NULL ||
-			 nng_msg_len(again) != nng_msg_len(first) ||
-			 memcmp(nng_msg_body(again), nng_msg_body(first),
-				nng_msg_len(first)) != 0);
-		nng_msg_free(again);
-	}
+	expect_not_resent(&rep, url, th, &p, first);
 	if (hello)
 		nng_msg_free(hello);
 	if (first)
@@ -1245,8 +1259,8 @@ static void test_replayed_hello_stays_local(void)
 	struct mer_keypair k2;
 	struct mer_chan_hello hs;
 	struct raw a, other, atk;
-	uint8_t m[4096], *w, *rep;
-	size_t n, wl, rl;
+	uint8_t m[4096], *w;
+	size_t n, wl;
 	int status = -1;
 	json_t *rp = report(1);
 
@@ -1271,14 +1285,10 @@ static void test_replayed_hello_stays_local(void)
 	}
 	mer_chan_hello_wipe(&hs);
 	T_OK(raw_seal(&a, MER_WIRE_REPORT, "{\"seq\":2}", m, &n));
-	rep = raw_xchg(&a, m, n, &rl);
-	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_UNKNOWN_SESSION));
-	free(rep);
+	T_EXPECT(xchg_notice(&a, m, n, MER_CHAN_R_UNKNOWN_SESSION));
 	/* west-1's unconfirmed session and east-1's confirmed one live. */
 	T_OK(raw_seal(&other, MER_WIRE_REPORT, "{\"seq\":3}", m, &n));
-	rep = raw_xchg(&other, m, n, &rl);
-	T_EQ_INT(raw_error_code(&other, rep, rl, m), 0);
-	free(rep);
+	T_EQ_INT(xchg_error(&other, m, n), 0);
 	T_OK(mer_link_client_report(F.cli, rp, 0));
 	T_EQ_INT(srv_stats().handshakes, 7);
 	T_EQ_INT(reports_n(&F.reg), 3);
@@ -1326,8 +1336,8 @@ static void test_join_sessions_single_use_capped(void)
 {
 	struct mer_keypair k;
 	struct raw r, flood;
-	uint8_t m[4096], *rep;
-	size_t n, rl;
+	uint8_t m[4096];
+	size_t n;
 	uint64_t base;
 
 	T_ASSERT(fx_start(NULL, 0, 0) == 0);
@@ -1340,14 +1350,10 @@ static void test_join_sessions_single_use_capped(void)
 	T_ASSERT(raw_join_hello(&r, &k) == 0);
 	T_EQ_INT(srv_stats().sessions, base + 1);
 	T_OK(raw_seal(&r, MER_WIRE_REPORT, "{}", m, &n));
-	rep = raw_xchg(&r, m, n, &rl);
-	T_EQ_INT(raw_error_code(&r, rep, rl, m), MER_EPROTO);
-	free(rep);
+	T_EQ_INT(xchg_error(&r, m, n), MER_EPROTO);
 	T_EQ_INT(srv_stats().sessions, base); /* gone after one message */
 	T_OK(raw_seal(&r, MER_WIRE_JOIN, "{\"token\":\"x\"}", m, &n));
-	rep = raw_xchg(&r, m, n, &rl);
-	T_EXPECT(is_notice(rep, rl, MER_CHAN_R_UNKNOWN_SESSION));
-	free(rep);
+	T_EXPECT(xchg_notice(&r, m, n, MER_CHAN_R_UNKNOWN_SESSION));
 	/* A flood of join handshakes holds at most 64 sessions. */
 	for (int i = 0; i < 200; i++)
 		T_ASSERT(raw_join_hello(&flood, &k) == 0);
@@ -1395,8 +1401,8 @@ static void test_evict_race(void)
 	struct mer_keypair k2, k3;
 	pthread_t th[6];
 	struct raw a, b;
-	uint8_t m[4096], *rep;
-	size_t n, rl;
+	uint8_t m[4096];
+	size_t n;
 	int status;
 	char **names = NULL;
 	size_t nn = 0;
@@ -1427,9 +1433,7 @@ static void test_evict_race(void)
 	T_OK(raw_handshake(&a, &k2, &status));
 	T_OK(raw_handshake(&b, &k3, &status));
 	T_OK(raw_seal(&a, MER_WIRE_REPORT, "{}", m, &n));
-	rep = raw_xchg(&a, m, n, &rl);
-	T_EQ_INT(raw_error_code(&a, rep, rl, m), 0);
-	free(rep);
+	T_EQ_INT(xchg_error(&a, m, n), 0);
 	nng_close(a.s);
 	nng_close(b.s);
 	fx_stop();

@@ -10,6 +10,8 @@
  */
 #include "common/err.h"
 #include "tests/harness.h"
+#include "tests/lib/proc.h"
+#include "tests/lib/slurm_cluster.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -31,25 +33,10 @@
 #define JOB_WAIT_MS 60000
 
 static struct {
-	int up;		  /* slurm-up.sh succeeded and down has not run */
-	int skipped;	  /* slurm-up.sh said it cannot run here */
+	struct t_slurm s; /* the cluster, as slurm-up.sh described it */
 	char reason[512]; /* why the cases after "up" cannot run */
-	char top[1024];
-	char state[256];
-	char conf[512];
-	char sock[512];
-	char partition[64];
-	char node[64];
-	char model[64];
-	char versions[128];
-	char job_dir[512];
-	long cpus;
-	long memory_mb;
-	long gpus;
-	int watchdog_fd;
-	pid_t watchdog;
-	unsigned token; /* makes file contents unique to this run */
-} g = {.watchdog_fd = -1};
+	unsigned token;	  /* makes file contents unique to this run */
+} g;
 
 /* ------------------------------------------------------------ helpers */
 
@@ -68,95 +55,21 @@ static int fmt(char *buf, size_t n, const char *f, ...)
 	return (len < 0 || (size_t)len >= n) ? MER_ETOOBIG : 0;
 }
 
-static long long now_ms(void)
+/* Last line of a text, for error messages. */
+static void last_line(const char *text, char *out, size_t n)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-		;
-}
-
-/* Runs a shell command and returns its stdout (malloc'd) and exit status
- * (-1 when it did not exit normally). */
-static int run(const char *cmd, char **out, int *status)
-{
-	FILE *p = popen(cmd, "r");
-	char *buf = NULL;
-	size_t len = 0, cap = 0;
-	int rc;
-
-	*out = NULL;
-	*status = -1;
-	if (!p)
-		return MER_EIO;
-	for (;;) {
-		if (cap - len < 4096) {
-			char *nb = realloc(buf, cap + 8192);
-			if (!nb) {
-				free(buf);
-				pclose(p);
-				return MER_ENOMEM;
-			}
-			buf = nb;
-			cap += 8192;
-		}
-		size_t n = fread(buf + len, 1, cap - len - 1, p);
-		if (n == 0)
-			break;
-		len += n;
-	}
-	buf[len] = '\0';
-	rc = pclose(p);
-	*status = (rc != -1 && WIFEXITED(rc)) ? WEXITSTATUS(rc) : -1;
-	*out = buf;
-	return 0;
-}
-
-static int read_file(const char *path, char **out)
-{
-	FILE *f = fopen(path, "r");
-	char *buf;
-	size_t n;
-
-	*out = NULL;
-	if (!f)
-		return MER_EIO;
-	buf = calloc(1, 65536);
-	if (!buf) {
-		fclose(f);
-		return MER_ENOMEM;
-	}
-	n = fread(buf, 1, 65535, f);
-	buf[n] = '\0';
-	fclose(f);
-	*out = buf;
-	return 0;
-}
-
-/* Last line of a file, for error messages. */
-static void last_line(const char *path, char *out, size_t n)
-{
-	char *text = NULL, *end, *start;
+	const char *end, *start;
 
 	fmt(out, n, "(no output)");
-	if (read_file(path, &text) != 0)
+	if (!text)
 		return;
 	end = text + strlen(text);
 	while (end > text && end[-1] == '\n')
-		*--end = '\0';
-	start = strrchr(text, '\n');
-	start = start ? start + 1 : text;
-	if (*start)
-		fmt(out, n, "%s", start);
-	free(text);
+		end--;
+	for (start = end; start > text && start[-1] != '\n'; start--)
+		;
+	if (end > start)
+		fmt(out, n, "%.*s", (int)(end - start), start);
 }
 
 static int parse_long(const char *s, long *out)
@@ -172,30 +85,6 @@ static int parse_long(const char *s, long *out)
 		return MER_EINVAL;
 	*out = v;
 	return 0;
-}
-
-/* Finds KEY='value' among the lines slurm-up.sh prints. */
-static int env_value(const char *text, const char *key, char *out, size_t n)
-{
-	size_t klen = strlen(key);
-	const char *line = text;
-
-	while (line && *line) {
-		if (strncmp(line, key, klen) == 0 && line[klen] == '=' &&
-		    line[klen + 1] == '\'') {
-			const char *v = line + klen + 2;
-			const char *q = strchr(v, '\'');
-			if (!q || (size_t)(q - v) >= n)
-				return MER_EPARSE;
-			memcpy(out, v, (size_t)(q - v));
-			out[q - v] = '\0';
-			return 0;
-		}
-		line = strchr(line, '\n');
-		if (line)
-			line++;
-	}
-	return MER_ENOTFOUND;
 }
 
 /* ------------------------------------------------------------ REST */
@@ -241,7 +130,7 @@ static int rest(const char *method, const char *path, const char *json_body,
 	if (!c)
 		return MER_ENOMEM;
 	fmt(url, sizeof(url), "http://localhost%s", path);
-	curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, g.sock);
+	curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, g.s.sock);
 	curl_easy_setopt(c, CURLOPT_URL, url);
 	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
 	curl_easy_setopt(c, CURLOPT_TIMEOUT, 15L);
@@ -312,10 +201,10 @@ static int state_is_final(const char *s)
  * on timeout; *last gets the last state seen. */
 static json_t *rest_wait_job(long id, const char *want, char *last, size_t n)
 {
-	long long end = now_ms() + JOB_WAIT_MS;
+	long long end = t_now_ms() + JOB_WAIT_MS;
 
 	fmt(last, n, "(never seen)");
-	while (now_ms() < end) {
+	while (t_now_ms() < end) {
 		json_t *job = rest_job(id);
 		const char *st = job ? jstr(job, "job_state") : NULL;
 		if (st) {
@@ -328,7 +217,7 @@ static json_t *rest_wait_job(long id, const char *want, char *last, size_t n)
 			}
 		}
 		json_decref(job);
-		sleep_ms(200);
+		t_sleep_ms(200);
 	}
 	return NULL;
 }
@@ -361,15 +250,15 @@ static int scontrol_field(const char *line, const char *key, char *out,
 static int scontrol_wait_final(long id, char *state, size_t sn, char *exit_code,
 			       size_t en)
 {
-	long long end = now_ms() + JOB_WAIT_MS;
+	long long end = t_now_ms() + JOB_WAIT_MS;
 	char cmd[128];
 
 	fmt(cmd, sizeof(cmd), "scontrol show job -o %ld 2>&1", id);
 	fmt(state, sn, "(never seen)");
-	while (now_ms() < end) {
+	while (t_now_ms() < end) {
 		char *out;
 		int st;
-		if (run(cmd, &out, &st) == 0 && st == 0 &&
+		if (t_run_cmd(cmd, &out, &st) == 0 && st == 0 &&
 		    scontrol_field(out, "JobState", state, sn) == 0 &&
 		    state_is_final(state)) {
 			int rc = scontrol_field(out, "ExitCode", exit_code, en);
@@ -377,7 +266,7 @@ static int scontrol_wait_final(long id, char *state, size_t sn, char *exit_code,
 			return rc;
 		}
 		free(out);
-		sleep_ms(200);
+		t_sleep_ms(200);
 	}
 	return MER_ETIMEDOUT;
 }
@@ -389,8 +278,8 @@ static int sbatch(const char *args, long *id)
 	int st, rc;
 
 	fmt(cmd, sizeof(cmd), "sbatch --parsable -p '%s' -D '%s' %s 2>&1",
-	    g.partition, g.job_dir, args);
-	rc = run(cmd, &out, &st);
+	    g.s.partition, g.s.job_dir, args);
+	rc = t_run_cmd(cmd, &out, &st);
 	if (rc != 0)
 		return rc;
 	out[strcspn(out, "\n;")] = '\0';
@@ -412,7 +301,7 @@ static int sacct_line(long id, char *out, size_t n)
 
 	fmt(cmd, sizeof(cmd),
 	    "sacct --completion -n -P -j %ld -o jobid,state,exitcode 2>&1", id);
-	rc = run(cmd, &text, &st);
+	rc = t_run_cmd(cmd, &text, &st);
 	if (rc != 0)
 		return rc;
 	text[strcspn(text, "\n")] = '\0';
@@ -423,86 +312,9 @@ static int sacct_line(long id, char *out, size_t n)
 
 /* ------------------------------------------------------------ up/down */
 
-static void down_cmd(char *cmd, size_t n)
-{
-	fmt(cmd, n, "'%s/deploy/slurm-down.sh' --state '%s' --purge", g.top,
-	    g.state);
-}
-
-/*
- * A child in its own session that waits for the test to end. When "down"
- * ran it is told so and exits; when the test dies first, the pipe reaches
- * EOF and the child runs slurm-down.sh itself. Its own session keeps it out
- * of the signals the suite's timeout sends to the test's process group.
- */
-static int start_watchdog(void)
-{
-	int fds[2];
-	char cmd[1400];
-	pid_t pid;
-
-	down_cmd(cmd, sizeof(cmd));
-	if (pipe2(fds, O_CLOEXEC) != 0)
-		return MER_EIO;
-	fflush(stdout);
-	pid = fork();
-	if (pid < 0) {
-		close(fds[0]);
-		close(fds[1]);
-		return MER_EIO;
-	}
-	if (pid == 0) {
-		char c;
-		ssize_t r;
-
-		close(fds[1]);
-		setsid();
-		do
-			r = read(fds[0], &c, 1);
-		while (r < 0 && errno == EINTR);
-		if (r == 1)
-			_exit(0);
-		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-		_exit(127);
-	}
-	close(fds[0]);
-	g.watchdog_fd = fds[1];
-	g.watchdog = pid;
-	return 0;
-}
-
-static void stop_watchdog(void)
-{
-	if (g.watchdog_fd >= 0) {
-		ssize_t r = write(g.watchdog_fd, "x", 1);
-		(void)r;
-		close(g.watchdog_fd);
-		g.watchdog_fd = -1;
-	}
-	if (g.watchdog > 0) {
-		waitpid(g.watchdog, NULL, 0);
-		g.watchdog = 0;
-	}
-}
-
-/* The cluster must never outlive the program, even when "down" was
- * filtered out or returned early. */
-static void down_at_exit(void)
-{
-	char cmd[1400];
-
-	if (g.up) {
-		down_cmd(cmd, sizeof(cmd));
-		if (system(cmd) != 0)
-			fprintf(stderr, "slurm_env: %s failed\n", cmd);
-		g.up = 0;
-	}
-	stop_watchdog();
-}
-
 static int need_cluster(void)
 {
-	if (g.up)
+	if (g.s.up)
 		return 1;
 	t_skip("%s", g.reason[0] ? g.reason : "the cluster is not up");
 	return 0;
@@ -510,98 +322,56 @@ static int need_cluster(void)
 
 static void test_up(void)
 {
-	char tmpl[] = "/tmp/meridian-slurm-test.XXXXXX";
-	char cmd[2048], err_path[512], tail[400], num[32];
-	const char *top = getenv("MERIDIAN_TOP");
+	char cmd[2048], tail[400];
 	char *out = NULL;
-	int st;
+	int rv, st;
 
-	fmt(g.top, sizeof(g.top), "%s", top && *top ? top : ".");
-	T_OK(fmt(cmd, sizeof(cmd), "%s/deploy/slurm-up.sh", g.top));
-	if (access(cmd, X_OK) != 0) {
+	rv = t_slurm_up(&g.s, "slurm-test",
+			"--gpus 4 --gpu-model a100 --partition meridian", &st);
+	if (rv == MER_ENOTFOUND) {
 		fmt(g.reason, sizeof(g.reason),
-		    "%s not found (set MERIDIAN_TOP)", cmd);
+		    "%s/deploy/slurm-up.sh not found (set MERIDIAN_TOP)",
+		    g.s.top);
 		t_fail(__FILE__, __LINE__, "%s", g.reason);
 		return;
 	}
-	/* Under /tmp, not $TMPDIR: slurmrestd runs as nobody and must be
-	 * able to traverse every parent of the state dir. */
-	T_ASSERT(mkdtemp(tmpl) != NULL);
-	fmt(g.state, sizeof(g.state), "%s", tmpl);
-	fmt(err_path, sizeof(err_path), "%s.up.log", g.state);
-	T_OK(fmt(cmd, sizeof(cmd),
-		 "'%s/deploy/slurm-up.sh' --state '%s' --gpus 4 "
-		 "--gpu-model a100 --partition meridian 2>'%s'",
-		 g.top, g.state, err_path));
-	T_OK(run(cmd, &out, &st));
-	last_line(err_path, tail, sizeof(tail));
-	if (st == 3) {
+	last_line(g.s.up_log, tail, sizeof(tail));
+	if (rv == MER_EUNSUPPORTED) {
 		/* Not root, or the packages cannot be installed here. */
 		fmt(g.reason, sizeof(g.reason), "%s", tail);
-		g.skipped = 1;
-		free(out);
-		rmdir(g.state);
-		unlink(err_path);
 		t_skip("%s", g.reason);
 		return;
 	}
-	if (st != 0) {
-		char *log = NULL;
-		if (read_file(err_path, &log) == 0)
-			printf("%s", log);
-		free(log);
-		free(out);
+	if (rv) {
+		if (g.s.up_log)
+			printf("%s", g.s.up_log);
 		fmt(g.reason, sizeof(g.reason),
 		    "slurm-up.sh failed (exit %d): %s", st, tail);
-		unlink(err_path);
-		rmdir(g.state);
 		t_fail(__FILE__, __LINE__, "%s", g.reason);
 		return;
 	}
-	unlink(err_path);
-	g.up = 1;
-	if (start_watchdog() != 0)
-		printf("    warning: no watchdog; a killed test leaves Slurm "
-		       "running\n");
-
-	T_OK(env_value(out, "SLURM_CONF", g.conf, sizeof(g.conf)));
-	T_OK(env_value(out, "SLURMRESTD_SOCKET", g.sock, sizeof(g.sock)));
-	T_OK(env_value(out, "SLURM_PARTITION", g.partition,
-		       sizeof(g.partition)));
-	T_OK(env_value(out, "SLURM_NODE", g.node, sizeof(g.node)));
-	T_OK(env_value(out, "SLURM_GPU_MODEL", g.model, sizeof(g.model)));
-	T_OK(env_value(out, "SLURMRESTD_OPENAPI", g.versions,
-		       sizeof(g.versions)));
-	T_OK(env_value(out, "SLURM_JOB_DIR", g.job_dir, sizeof(g.job_dir)));
-	T_OK(env_value(out, "SLURM_CPUS", num, sizeof(num)));
-	T_OK(parse_long(num, &g.cpus));
-	T_OK(env_value(out, "SLURM_MEMORY_MB", num, sizeof(num)));
-	T_OK(parse_long(num, &g.memory_mb));
-	T_OK(env_value(out, "SLURM_GPUS", num, sizeof(num)));
-	T_OK(parse_long(num, &g.gpus));
-	free(out);
 	/* sbatch, scontrol and sacct find this cluster through SLURM_CONF. */
-	setenv("SLURM_CONF", g.conf, 1);
-	g.token = (unsigned)getpid() ^ (unsigned)now_ms();
+	setenv("SLURM_CONF", g.s.conf, 1);
+	g.token = (unsigned)getpid() ^ (unsigned)t_now_ms();
 
-	T_EQ_STR(g.partition, "meridian");
-	T_EQ_STR(g.model, "a100");
-	T_EQ_INT(g.gpus, 4);
-	T_EXPECT(g.cpus >= 1 && g.cpus <= sysconf(_SC_NPROCESSORS_ONLN));
-	T_EXPECT(g.memory_mb >= 256);
-	T_EXPECT(access(g.conf, R_OK) == 0);
-	T_CONTAINS(g.versions, REST_VERSION);
+	T_EQ_STR(g.s.partition, "meridian");
+	T_EQ_STR(g.s.model, "a100");
+	T_EQ_INT(g.s.gpus, 4);
+	T_EXPECT(g.s.cpus >= 1 && g.s.cpus <= sysconf(_SC_NPROCESSORS_ONLN));
+	T_EXPECT(g.s.memory_mb >= 256);
+	T_EXPECT(access(g.s.conf, R_OK) == 0);
+	T_CONTAINS(g.s.versions, REST_VERSION);
 	/* Everything lives in the state dir. */
-	T_EXPECT(strncmp(g.conf, g.state, strlen(g.state)) == 0);
-	T_EXPECT(strncmp(g.sock, g.state, strlen(g.state)) == 0);
+	T_EXPECT(strncmp(g.s.conf, g.s.state, strlen(g.s.state)) == 0);
+	T_EXPECT(strncmp(g.s.sock, g.s.state, strlen(g.s.state)) == 0);
 
 	/* A second up on a running cluster only repeats its settings. */
 	T_OK(fmt(cmd, sizeof(cmd),
-		 "'%s/deploy/slurm-up.sh' --state '%s' 2>/dev/null", g.top,
-		 g.state));
-	T_OK(run(cmd, &out, &st));
+		 "'%s/deploy/slurm-up.sh' --state '%s' 2>/dev/null", g.s.top,
+		 g.s.state));
+	T_OK(t_run_cmd(cmd, &out, &st));
 	T_EQ_INT(st, 0);
-	T_CONTAINS(out, g.sock);
+	T_CONTAINS(out, g.s.sock);
 	free(out);
 }
 
@@ -654,15 +424,15 @@ static void test_node_and_partition(void)
 	json_t *nodes = json_object_get(r, "nodes");
 	T_EQ_INT(json_array_size(nodes), 1);
 	json_t *n = json_array_get(nodes, 0);
-	fmt(gres, sizeof(gres), "gpu:%s:%ld", g.model, g.gpus);
-	T_EQ_STR(jstr(n, "name"), g.node);
+	fmt(gres, sizeof(gres), "gpu:%s:%ld", g.s.model, g.s.gpus);
+	T_EQ_STR(jstr(n, "name"), g.s.node);
 	T_EQ_STR(jstr(n, "state"), "idle");
 	T_EQ_STR(jstr(n, "gres"), gres);
-	fmt(gres, sizeof(gres), "gpu:%s:0", g.model);
+	fmt(gres, sizeof(gres), "gpu:%s:0", g.s.model);
 	T_CONTAINS(jstr(n, "gres_used"), gres);
-	fmt(gres, sizeof(gres), "gpu:%s:%ld", g.model, g.gpus);
-	T_EQ_INT(jint(n, "cpus"), g.cpus);
-	T_EQ_INT(jint(n, "real_memory"), g.memory_mb);
+	fmt(gres, sizeof(gres), "gpu:%s:%ld", g.s.model, g.s.gpus);
+	T_EQ_INT(jint(n, "cpus"), g.s.cpus);
+	T_EQ_INT(jint(n, "real_memory"), g.s.memory_mb);
 	T_EQ_INT(jint(n, "alloc_cpus"), 0);
 	json_decref(r);
 
@@ -671,21 +441,21 @@ static void test_node_and_partition(void)
 	T_EQ_INT(http, 200);
 	T_ASSERT(r != NULL);
 	json_t *p = json_array_get(json_object_get(r, "partitions"), 0);
-	T_EQ_STR(jstr(p, "name"), g.partition);
-	T_EQ_STR(jstr(p, "nodes"), g.node);
+	T_EQ_STR(jstr(p, "name"), g.s.partition);
+	T_EQ_STR(jstr(p, "nodes"), g.s.node);
 	T_EQ_STR(jstr(p, "state"), "UP");
-	T_EQ_INT(jint(p, "total_cpus"), g.cpus);
+	T_EQ_INT(jint(p, "total_cpus"), g.s.cpus);
 	T_EQ_INT(jint(p, "total_nodes"), 1);
 	json_decref(r);
 
 	/* The same through the command line tools. */
 	char *out;
 	int st;
-	T_OK(run("sinfo -h -o '%P %T %G %c' 2>&1", &out, &st));
+	T_OK(t_run_cmd("sinfo -h -o '%P %T %G %c' 2>&1", &out, &st));
 	T_EQ_INT(st, 0);
 	char want[160];
-	T_OK(fmt(want, sizeof(want), "%s* idle %s %ld", g.partition, gres,
-		 g.cpus));
+	T_OK(fmt(want, sizeof(want), "%s* idle %s %ld", g.s.partition, gres,
+		 g.s.cpus));
 	T_CONTAINS(out, want);
 	free(out);
 }
@@ -699,27 +469,27 @@ static void test_sbatch_job_runs(void)
 
 	if (!need_cluster())
 		return;
-	T_OK(fmt(path, sizeof(path), "%s/sbatch-%u.txt", g.job_dir, g.token));
-	T_OK(fmt(go, sizeof(go), "%s/sbatch-%u.go", g.job_dir, g.token));
+	T_OK(fmt(path, sizeof(path), "%s/sbatch-%u.txt", g.s.job_dir, g.token));
+	T_OK(fmt(go, sizeof(go), "%s/sbatch-%u.go", g.s.job_dir, g.token));
 	/* The job waits for the go file, so squeue must see it running. */
 	T_OK(fmt(args, sizeof(args),
 		 "-J mer-sbatch -o '%s/sbatch-%%j.out' -t 5 --wrap "
 		 "'while [ ! -e %s ]; do sleep 0.1; done; "
 		 "echo ran-%u > %s'",
-		 g.job_dir, go, g.token, path));
+		 g.s.job_dir, go, g.token, path));
 	T_OK(sbatch(args, &id));
 
-	long long end = now_ms() + JOB_WAIT_MS;
+	long long end = t_now_ms() + JOB_WAIT_MS;
 	char cmd[128];
 	T_OK(fmt(cmd, sizeof(cmd), "squeue -h -j %ld -o %%T 2>&1", id));
 	for (;;) {
-		T_OK(run(cmd, &out, &st));
+		T_OK(t_run_cmd(cmd, &out, &st));
 		out[strcspn(out, "\n")] = '\0';
-		if (strcmp(out, "RUNNING") == 0 || now_ms() > end)
+		if (strcmp(out, "RUNNING") == 0 || t_now_ms() > end)
 			break;
 		free(out);
 		out = NULL;
-		sleep_ms(200);
+		t_sleep_ms(200);
 	}
 	T_EQ_STR(out, "RUNNING");
 	free(out);
@@ -730,7 +500,7 @@ static void test_sbatch_job_runs(void)
 	T_OK(scontrol_wait_final(id, state, sizeof(state), code, sizeof(code)));
 	T_EQ_STR(state, "COMPLETED");
 	T_EQ_STR(code, "0:0");
-	T_OK(read_file(path, &text));
+	T_OK(t_read_file(path, &text, NULL));
 	T_OK(fmt(want, sizeof(want), "ran-%u\n", g.token));
 	T_EQ_STR(text, want);
 	free(text);
@@ -773,7 +543,7 @@ static void test_exit_code_3(void)
 		 "\"current_working_directory\":\"%s\",\"standard_output\":"
 		 "\"/dev/null\",\"environment\":{\"PATH\":\"/usr/bin:/bin\"}},"
 		 "\"script\":\"#!/bin/sh\\nexit 3\\n\"}",
-		 g.partition, g.job_dir));
+		 g.s.partition, g.s.job_dir));
 	T_OK(rest("POST", "/slurm/" REST_VERSION "/job/submit", body, &http,
 		  &r));
 	T_EQ_INT(http, 200);
@@ -797,7 +567,7 @@ static void test_rest_submit_with_gres(void)
 
 	if (!need_cluster())
 		return;
-	T_OK(fmt(path, sizeof(path), "%s/rest-%u.txt", g.job_dir, g.token));
+	T_OK(fmt(path, sizeof(path), "%s/rest-%u.txt", g.s.job_dir, g.token));
 	T_OK(fmt(body, sizeof(body),
 		 "{\"job\":{\"name\":\"mer-stage-%u\",\"partition\":\"%s\","
 		 "\"current_working_directory\":\"%s\","
@@ -807,7 +577,8 @@ static void test_rest_submit_with_gres(void)
 		 "\"memory_per_node\":256,\"time_limit\":5},"
 		 "\"script\":\"#!/bin/sh\\n"
 		 "echo \\\"$SLURM_GPUS_ON_NODE $(id -un)\\\" > %s\\n\"}",
-		 g.token, g.partition, g.job_dir, g.job_dir, g.model, path));
+		 g.token, g.s.partition, g.s.job_dir, g.s.job_dir, g.s.model,
+		 path));
 	T_OK(rest("POST", "/slurm/" REST_VERSION "/job/submit", body, &http,
 		  &r));
 	T_EQ_INT(http, 200);
@@ -823,14 +594,14 @@ static void test_rest_submit_with_gres(void)
 	T_EQ_INT(jint(job, "exit_code"), 0);
 	T_OK(fmt(want, sizeof(want), "mer-stage-%u", g.token));
 	T_EQ_STR(jstr(job, "name"), want);
-	T_OK(fmt(want, sizeof(want), "gres:gpu:%s:2", g.model));
+	T_OK(fmt(want, sizeof(want), "gres:gpu:%s:2", g.s.model));
 	T_EQ_STR(jstr(job, "tres_per_node"), want);
 	/* slurmrestd runs as nobody, so its jobs do too. */
 	T_EQ_STR(jstr(job, "user_name"), "nobody");
-	T_EQ_STR(jstr(job, "partition"), g.partition);
+	T_EQ_STR(jstr(job, "partition"), g.s.partition);
 	json_decref(job);
 
-	T_OK(read_file(path, &text));
+	T_OK(t_read_file(path, &text, NULL));
 	T_EQ_STR(text, "2 nobody\n");
 	free(text);
 }
@@ -849,7 +620,7 @@ static void test_rest_cancel_running(void)
 		 "\"/dev/null\",\"environment\":{\"PATH\":\"/usr/bin:/bin\"},"
 		 "\"gres\":\"gpu:%s:1\",\"time_limit\":10},"
 		 "\"script\":\"#!/bin/sh\\nsleep 600\\n\"}",
-		 g.token, g.partition, g.job_dir, g.model));
+		 g.token, g.s.partition, g.s.job_dir, g.s.model));
 	T_OK(rest("POST", "/slurm/" REST_VERSION "/job/submit", body, &http,
 		  &r));
 	T_EQ_INT(http, 200);
@@ -869,7 +640,7 @@ static void test_rest_cancel_running(void)
 	T_ASSERT(r != NULL);
 	json_t *n = json_array_get(json_object_get(r, "nodes"), 0);
 	char used[96];
-	T_OK(fmt(used, sizeof(used), "gpu:%s:1(IDX:", g.model));
+	T_OK(fmt(used, sizeof(used), "gpu:%s:1(IDX:", g.s.model));
 	T_CONTAINS(jstr(n, "gres_used"), used);
 	T_EXPECT(jint(n, "alloc_cpus") >= 1);
 	json_decref(r);
@@ -888,21 +659,21 @@ static void test_rest_cancel_running(void)
 	json_decref(job);
 
 	/* The GPU comes back (once the job's cleanup on the node is done). */
-	long long end = now_ms() + 30000;
+	long long end = t_now_ms() + 30000;
 	int freed = 0;
-	while (!freed && now_ms() < end) {
+	while (!freed && t_now_ms() < end) {
 		if (rest("GET", "/slurm/" REST_VERSION "/nodes", NULL, &http,
 			 &r) == 0 &&
 		    r) {
 			n = json_array_get(json_object_get(r, "nodes"), 0);
 			const char *used = jstr(n, "gres_used");
 			char zero[96];
-			T_OK(fmt(zero, sizeof(zero), "gpu:%s:0", g.model));
+			T_OK(fmt(zero, sizeof(zero), "gpu:%s:0", g.s.model));
 			freed = used && strncmp(used, zero, strlen(zero)) == 0;
 		}
 		json_decref(r);
 		if (!freed)
-			sleep_ms(200);
+			t_sleep_ms(200);
 	}
 	T_EXPECT(freed);
 }
@@ -932,7 +703,7 @@ static void test_rest_error_shapes(void)
 		 "\"current_working_directory\":\"%s\",\"environment\":"
 		 "{\"PATH\":\"/bin\"},\"gres\":\"gpu:%s:%ld\"},"
 		 "\"script\":\"#!/bin/sh\\ntrue\\n\"}",
-		 g.partition, g.job_dir, g.model, g.gpus + 1));
+		 g.s.partition, g.s.job_dir, g.s.model, g.s.gpus + 1));
 	T_OK(rest("POST", "/slurm/" REST_VERSION "/job/submit", body, &http,
 		  &r));
 	T_EQ_INT(http, 500);
@@ -948,7 +719,7 @@ static void test_rest_error_shapes(void)
 		 "{\"job\":{\"name\":\"mer-no-env\",\"partition\":\"%s\","
 		 "\"current_working_directory\":\"%s\"},"
 		 "\"script\":\"#!/bin/sh\\ntrue\\n\"}",
-		 g.partition, g.job_dir));
+		 g.s.partition, g.s.job_dir));
 	T_OK(rest("POST", "/slurm/" REST_VERSION "/job/submit", body, &http,
 		  &r));
 	T_EQ_INT(http, 400);
@@ -965,7 +736,7 @@ static pid_t pid_from(const char *dir, const char *name)
 	long v = 0;
 
 	fmt(path, sizeof(path), "%s/%s", dir, name);
-	if (read_file(path, &text) != 0)
+	if (t_read_file(path, &text, NULL) != 0)
 		return 0;
 	text[strcspn(text, "\n")] = '\0';
 	if (parse_long(text, &v) != 0)
@@ -981,7 +752,7 @@ static int pid_runs(pid_t pid)
 	int runs = 0;
 
 	fmt(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	if (read_file(path, &text) != 0)
+	if (t_read_file(path, &text, NULL) != 0)
 		return 0;
 	const char *p = strrchr(text, ')');
 	runs = p && p[1] == ' ' && p[2] != 'Z';
@@ -995,33 +766,26 @@ static void test_down(void)
 	    "run/slurmctld.pid", "run/slurmd.pid", "run/slurmrestd.pid",
 	    "munge/munged.pid"};
 	pid_t pids[4];
-	char cmd[1400], *out;
 	int st;
 	struct stat sb;
 
 	if (!need_cluster())
 		return;
 	for (size_t i = 0; i < 4; i++) {
-		pids[i] = pid_from(g.state, pidfiles[i]);
+		pids[i] = pid_from(g.s.state, pidfiles[i]);
 		T_EXPECT(pids[i] > 0 && pid_runs(pids[i]));
 	}
-	down_cmd(cmd, sizeof(cmd));
-	T_OK(run(cmd, &out, &st));
-	free(out);
-	g.up = 0;
-	stop_watchdog();
+	st = t_slurm_down(&g.s);
 	T_EQ_INT(st, 0);
 	for (size_t i = 0; i < 4; i++)
 		if (pids[i] > 0 && pid_runs(pids[i]))
 			t_fail(__FILE__, __LINE__, "%s (pid %d) still runs",
 			       pidfiles[i], (int)pids[i]);
-	T_EXPECT(stat(g.state, &sb) != 0);
-	T_EXPECT(stat(g.sock, &sb) != 0);
+	T_EXPECT(stat(g.s.state, &sb) != 0);
+	T_EXPECT(stat(g.s.sock, &sb) != 0);
 
 	/* Down again finds nothing and succeeds. */
-	T_OK(run(cmd, &out, &st));
-	free(out);
-	T_EQ_INT(st, 0);
+	T_EQ_INT(t_slurm_down(&g.s), 0);
 }
 
 static const struct t_case cases[] = {
@@ -1043,7 +807,6 @@ int main(int argc, char **argv)
 	/* A child's exit must not kill us while popen()/system() run. */
 	signal(SIGPIPE, SIG_IGN);
 	curl_global_init(CURL_GLOBAL_DEFAULT);
-	atexit(down_at_exit);
 	/* Cases depend on "up": a filter picks cases but always brings the
 	 * cluster up first (and down at exit). */
 	if (argc > 1 && !strstr("up", argv[1])) {
@@ -1052,7 +815,11 @@ int main(int argc, char **argv)
 	}
 	rc = t_run("slurm_env", cases, sizeof(cases) / sizeof(cases[0]), argc,
 		   argv);
-	down_at_exit();
+	/* The cluster must never outlive the program, even when "down" was
+	 * filtered out or returned early (t_slurm_up's at-exit handler would
+	 * do it too, after curl is gone). */
+	if (g.s.up)
+		t_slurm_down(&g.s);
 	curl_global_cleanup();
 	return rc;
 }
