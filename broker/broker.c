@@ -631,6 +631,10 @@ int mer_broker_start(struct mer_broker *b, char *err, size_t errlen)
 	    .max_queue = (unsigned)b->cfg.http_max_queue,
 	    .max_body = (size_t)b->cfg.http_max_body,
 	    .body_timeout_ms = (unsigned)b->cfg.http_body_timeout_ms,
+	    .header_timeout_ms = (unsigned)b->cfg.http_header_timeout_ms,
+	    .idle_timeout_ms = (unsigned)b->cfg.http_idle_timeout_ms,
+	    .max_connections = (unsigned)b->cfg.http_max_connections,
+	    .max_header_bytes = (size_t)b->cfg.http_max_header_bytes,
 	    .arg = b,
 	    .observe = mer_metrics_http_observe,
 	    .observe_arg = b->metrics};

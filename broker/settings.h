@@ -31,6 +31,10 @@ struct mer_broker_cfg {
 	int64_t http_max_queue;
 	int64_t http_max_body;
 	int64_t http_body_timeout_ms;
+	int64_t http_header_timeout_ms;
+	int64_t http_idle_timeout_ms;
+	int64_t http_max_connections;
+	int64_t http_max_header_bytes;
 	int64_t batch_max;	 /* jobs per etcd txn */
 	int64_t idem_keep_ms;	 /* idempotency answers kept (0: for ever) */
 	int64_t batch_linger_ms; /* extra wait for company (0: group commit

@@ -1,92 +1,107 @@
 /*
- * A small REST server on nng's HTTP server: a route table with path
- * parameters, handlers run on a worker pool this module owns, JSON request
- * and response helpers, JSON error bodies, request limits and a per-request
- * hook for metrics. It knows nothing about jobs or sites; the broker
- * registers its routes.
+ * A small REST server: an HTTP/1.1 server of our own (plain sockets, one
+ * epoll thread, OpenSSL for https), a route table with path parameters,
+ * handlers run on a worker pool this module owns, JSON request and response
+ * helpers, JSON error bodies, request limits and a per-request hook for
+ * metrics. It knows nothing about jobs or sites; the broker registers its
+ * routes. Linux only (epoll, eventfd).
  *
  * Life cycle: mer_http_server_new() -> mer_http_server_add_route()... ->
  * mer_http_server_start() -> mer_http_server_port() -> ... ->
  * mer_http_server_stop() -> mer_http_server_free().
  *
- * Threads. nng parses each request on its own threads; this module matches
- * the route there (cheap), answers 404/405/411/413/503 at once, reads the
- * body asynchronously (never on a worker, so a slow upload holds no worker),
- * and then queues the request for one of its worker threads, which parses
- * the JSON body and calls the handler. Handlers may therefore block (talk to
- * etcd, sleep); a slow handler holds one worker, never an nng thread. When
- * every worker is busy requests wait in a queue of max_queue entries; past
- * that the server answers 503 {"error":"busy"} with Retry-After: 1.
+ * Threads. One I/O thread owns every connection: it accepts, reads and
+ * parses request lines and headers, matches the route (cheap), answers
+ * what needs no handler at once (400/404/405/408/411/413/417/431/503/505),
+ * reads bodies, and writes answers, all on non-blocking sockets, so a slow
+ * or stalled client never holds it. A complete request is queued for one
+ * of the worker threads, which parses the JSON body, calls the handler and
+ * serializes the answer; the I/O thread writes it. Handlers may therefore
+ * block (talk to etcd, sleep); a slow handler holds one worker, never the
+ * I/O thread. When every worker is busy requests wait in a queue of
+ * max_queue entries; past that the answer is 503 {"error":"busy"} with
+ * Retry-After: 1.
  *
- * Errors. Every error this module sends is JSON:
+ * HTTP. HTTP/1.0 and 1.1; keep-alive (1.1 by default, 1.0 when asked);
+ * pipelined requests are answered in order: the next request is read only
+ * once the previous answer has been written to the socket. HEAD is served
+ * by the GET route without the body. Request bodies need Content-Length
+ * (one, digits only); Expect: 100-continue is answered. Answers always
+ * carry Content-Length (but 204/304) and Connection: close when the
+ * connection ends after them; no Date header. Parsing is strict where a
+ * lenient parser could disagree with a proxy about where a request ends:
+ * folded header lines, a space before a colon, a bare CR, several
+ * Content-Length headers or several Host headers are 400.
+ *
+ * Errors. Everything this module sends on its own is JSON:
  *   {"error": "<code>", "message": "<text>"[, "field": "<path>"]}
  * with Content-Type application/json. Codes sent by the module itself:
- *   404 not_found            no route has this path
- *   405 method_not_allowed   a route has this path, not this method (with an
- *                            Allow header listing the methods)
- *   400 invalid_request      bad percent-encoding in the path or query, NUL
- *                            bytes, too many query parameters, bad
- *                            Content-Length
+ *   400 invalid_request      malformed request line, header or target, bad
+ *                            percent-encoding in the path or query, NUL
+ *                            bytes, too many query parameters, bad or
+ *                            repeated Content-Length, no Host in HTTP/1.1
  *   400 invalid_json         the body of a JSON route is not JSON, or is
  *                            nested deeper than max_json_depth; the message
  *                            is "request body:LINE:COLUMN: what is wrong"
  *   400 body_required        a MER_HTTP_JSON_BODY route got no body
- *   411 length_required      a body without Content-Length (chunked upload)
+ *   404 not_found            no route has this path
+ *   405 method_not_allowed   a route has this path, not this method (with an
+ *                            Allow header listing the methods)
+ *   408 timeout              the request line and headers, or the body, did
+ *                            not arrive in time
+ *   411 length_required      a request with Transfer-Encoding (chunked)
  *   413 too_large            Content-Length over max_body (the body is not
- *                            read; the connection is closed after the answer)
- *   408 timeout              the body did not arrive within body_timeout_ms
- *                            (nng may already have closed the connection, in
- *                            which case the client sees only the close)
+ *                            read)
  *   417 expectation_failed   an Expect header other than 100-continue
- *   503 busy / unavailable   queue full / server stopping
+ *   431 request_header_too_large  request line and headers over
+ *                            max_header_bytes, or over max_headers fields
+ *   503 busy / unavailable   queue full or too many connections / server
+ *                            stopping
+ *   505 http_version         a version other than HTTP/1.0 and HTTP/1.1
  *   500 internal             out of memory and the like
+ * After 400 for a malformed head, 408, 411, 413, 417, 431, 505 and 503
+ * unavailable the connection is closed; after 404, 405 and the other 400s
+ * (the framing being sound) the body is read and the connection goes on.
  * A handler that returns a mer_err code (err.h) without having set an error
  * response gets mer_http_status_for_err(code) with
  * {"error": mer_errname(code), "message": mer_strerror(code)}.
  *
- * Limits, and what nng 1.5.2 does and does not enforce (read from its
- * http_server.c / http_conn.c / http_msg.c):
- *  - Body: this module reads bodies itself (nng's own collection answers an
- *    HTML 400 for over-limit bodies): Content-Length is checked against
- *    max_body before anything is read; the buffer grows as bytes arrive
- *    (16 KiB, doubling, never past Content-Length), so announcing a big
- *    body and sending nothing costs nothing; body_timeout_ms bounds the
- *    whole body. Expect: 100-continue is answered (curl waits 1 s for it
- *    otherwise). A JSON route holds the body and its parsed copy, about
- *    2 x max_body, while its handler runs.
- *    Transfer-Encoding (chunked) request bodies are refused with 411, since
- *    nng would otherwise treat the chunks as the next request.
- *  - Headers: nng reads a request's line and headers into one 8 KiB
- *    buffer per connection and closes the connection, without an answer,
- *    when they do not fit (measured: 7.8 KiB of headers pass, 8.8 KiB are
- *    refused, however slowly they are sent). No 431 is sent, and the limit
- *    is fixed in nng (HTTP_BUFSIZE); this module only sees a request once
- *    nng has parsed all of it, so it cannot lower or report it.
- *  - Time and connections: nng 1.5.2 has no timeout for reading a request's
- *    line and headers, none for idle keep-alive connections, and no cap on
- *    the number of connections; its public API gives no access to the
- *    server's listener or to a connection before a whole request has
- *    arrived, so this module cannot add them. A client that opens
- *    connections and sends nothing (or half a header) costs one file
- *    descriptor and ~8 KiB each but holds no thread (nng is asynchronous),
- *    so other requests are not stalled until the process runs out of
- *    descriptors. Servers facing untrusted networks should sit behind a
- *    proxy with header timeouts and connection limits.
- *  - nng still answers a few malformed requests itself (no Host header in
- *    HTTP/1.1: 400; a target that is not a path, such as "*": 404; HTTP/2 or
- *    0.9: 505). Their bodies are this module's JSON errors, but nng labels
- *    them Content-Type text/html and this cannot be changed.
+ * Limits (struct mer_http_config; all enforced by this module):
+ *  - header_timeout_ms: a request's line and headers must all arrive
+ *    within it from their first byte; for a connection's first request,
+ *    from the accept, the TLS handshake included. A client trickling bytes
+ *    (slowloris) gets 408 and is closed at the limit; a connection that has
+ *    sent nothing (or has not finished its handshake) is closed silently.
+ *  - max_header_bytes and max_headers: 431, then close. The line and
+ *    headers of one request are buffered (max_header_bytes at most).
+ *  - max_body: Content-Length is checked before anything is read; the body
+ *    buffer grows as bytes arrive (16 KiB, doubling, never past
+ *    Content-Length), so announcing a big body and sending nothing costs
+ *    nothing. body_timeout_ms bounds the whole body (408, then close). A
+ *    JSON route holds the body and its parsed copy, about 2 x max_body,
+ *    while its handler runs.
+ *  - idle_timeout_ms: a keep-alive connection with no request in progress
+ *    is closed silently.
+ *  - write_timeout_ms: an answer is written as fast as the client reads
+ *    it; when no byte of it could be written for this long the connection
+ *    is closed, so a client that never reads cannot pin memory.
+ *  - max_connections: a connection accepted past it is answered 503 busy
+ *    (Retry-After: 1) and closed at once, without reading a request; over
+ *    https it is closed without an answer (that would need a handshake).
+ *    Each connection costs a descriptor and a few KiB.
+ *  - After an answer that closes the connection, the write side is shut
+ *    and what the client still sends is read and dropped for up to 1 s, so
+ *    the close does not turn into a TCP reset that loses the answer.
+ *  - TLS: TLS 1.2 or newer, no renegotiation; the handshake runs on the I/O
+ *    thread, non-blocking, and counts against header_timeout_ms.
  *  - Handlers cannot be interrupted: a handler that never returns holds a
- *    worker for ever, and mer_http_server_stop() waits for it.
- *  - nng 1.5.2 can lose its reference to a handler when a connection is
- *    closed just as its request arrives (seen when stopping under load), so
- *    it never frees that handler. mer_http_server_free() therefore does not
- *    wait for nng to let go of it; such a handler (a few hundred bytes)
- *    stays allocated, on a list in http.c, until the process exits.
+ *    worker for ever, and mer_http_server_stop() waits for it. While a
+ *    handler runs its connection is not read, so a client that goes away
+ *    meanwhile is noticed when the answer is written (observed as 499).
  *  - Paths: matched on the raw (still percent-encoded) path, so an encoded
  *    '/' (%2F) or ':' (%3A) stays inside one segment or parameter; parameter
- *    values are decoded afterwards. HEAD is served by the GET route (nng
- *    drops the body).
+ *    values are decoded afterwards. The absolute form
+ *    (GET http://host/path) is accepted and its authority ignored.
  */
 #ifndef MERIDIAN_HTTP_H
 #define MERIDIAN_HTTP_H
@@ -148,13 +163,14 @@ struct mer_http_route {
 
 /*
  * Called once for every request that reached this module, when its answer
- * is handed to nng (or when the client went away first: status 499, as
- * nginx logs it). route is the matched pattern, or "unmatched" for 404s
- * and requests refused before routing; method is the request's method when
- * it is one of GET HEAD POST PUT PATCH DELETE OPTIONS, else "OTHER" (so
- * labels cannot explode). May be called from nng's threads with nng locks
- * held: it must only update counters — no blocking, no calls into this
- * module or nng.
+ * is queued for the client (or when the client went away first: status
+ * 499, as nginx logs it). route is the matched pattern, or "unmatched" for
+ * 404s and requests refused before routing; method is the request's method
+ * when it is one of GET HEAD POST PUT PATCH DELETE OPTIONS, else "OTHER"
+ * (also for requests refused before their method was read, so labels
+ * cannot explode). Called on the I/O thread (or in
+ * mer_http_server_stop()): it must only update counters — no blocking, no
+ * calls into this module.
  */
 typedef void (*mer_http_observe_fn)(void *arg, const char *method,
 				    const char *route, int status,
@@ -173,17 +189,31 @@ struct mer_http_config {
 	size_t max_body;	  /* bytes; 0 = 1 MiB */
 	size_t max_json_depth;	  /* 0 = MER_JSON_MAX_DEPTH */
 	unsigned body_timeout_ms; /* whole body; 0 = 10000 */
-	void *arg;		  /* for mer_http_req_server_arg() */
+	/* Request line and headers, from their first byte (for the first
+	 * request of a connection: from the accept, TLS handshake included);
+	 * 0 = 10000. */
+	unsigned header_timeout_ms;
+	/* A keep-alive connection between requests; 0 = 60000. */
+	unsigned idle_timeout_ms;
+	/* An answer the client does not read: closed when no byte of it
+	 * could be written for this long; 0 = 10000. */
+	unsigned write_timeout_ms;
+	unsigned max_connections; /* open at once; 0 = 1024 */
+	/* Request line and headers together, bytes; 0 = 8192 (at least
+	 * 256). */
+	size_t max_header_bytes;
+	unsigned max_headers;	     /* header fields; 0 = 100 */
+	void *arg;		     /* for mer_http_req_server_arg() */
 	mer_http_observe_fn observe; /* may be NULL */
 	void *observe_arg;
 };
 
 /*
  * Creates a server for cfg (strings are copied). Does not listen yet.
- * MER_EINVAL for a bad URL or TLS settings that do not fit the scheme,
- * MER_EIO when the certificate or key cannot be read or used (err, if
- * given, says why), MER_EEXIST when another nng HTTP server in this process
- * already serves that address with a catch-all handler.
+ * The URL is "http://HOST[:PORT][/]" or "https://..." (HOST a name, an
+ * IPv4 address or "[v6]"; no other path). MER_EINVAL for a bad URL or TLS
+ * settings that do not fit the scheme, MER_EIO when the certificate or key
+ * cannot be read or used (err, if given, says why).
  */
 int mer_http_server_new(const struct mer_http_config *cfg,
 			struct mer_http_server **out, char *err, size_t errlen);
@@ -212,14 +242,14 @@ int mer_http_server_port(const struct mer_http_server *srv);
  */
 void mer_http_server_stop(struct mer_http_server *srv);
 
-/* Stops if needed, waits for requests this module still tracks, and frees
- * the server (nng tears its own part down asynchronously). Accepts NULL. */
+/* Stops if needed and frees everything the server holds. Accepts NULL. */
 void mer_http_server_free(struct mer_http_server *srv);
 
 struct mer_http_stats {
-	unsigned workers; /* threads */
-	unsigned busy;	  /* workers running a handler now */
-	unsigned queued;  /* requests waiting for a worker */
+	unsigned workers;     /* threads */
+	unsigned busy;	      /* workers running a handler now */
+	unsigned queued;      /* requests waiting for a worker */
+	unsigned connections; /* open client connections */
 };
 /* A snapshot, for a queue-depth gauge. */
 void mer_http_server_stats(struct mer_http_server *srv,

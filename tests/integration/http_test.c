@@ -83,7 +83,7 @@ static void seen_reset(void)
 	pthread_mutex_unlock(&seen_mu);
 }
 
-/* The hook runs after nng has the answer, so a client may see the answer
+/* The hook runs when the answer is queued, so a client may see it
  * first: wait a little for the record. */
 static int seen_wait(const char *method, const char *route, int status)
 {
@@ -1104,50 +1104,25 @@ static void body_framing(struct fx *fx)
 	close(fd);
 	T_EXPECT(now_s() - t0 >= 0.45);
 	T_EXPECT(now_s() - t0 < 3.0);
-	/* nng may close first; if an answer came, it is the 408. */
-	if (reply[0])
-		T_CONTAINS(reply, "HTTP/1.1 408");
+	T_CONTAINS(reply, "HTTP/1.1 408");
+	T_CONTAINS(reply, "\"timeout\"");
 
-	/* nng caps a request's line and headers at 8 KiB in all, by
-	 * closing the connection without an answer. */
-	{
-		char *big = malloc(12000);
-
-		T_ASSERT(big != NULL);
-		snprintf(big, 12000, "GET /healthz HTTP/1.1\r\nHost: x\r\n");
-		for (int i = 0; i < 200; i++) {
-			size_t n = strlen(big);
-
-			snprintf(big + n, 12000 - n, "X-H%03d: %s\r\n", i,
-				 "vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv");
-		}
-		snprintf(big + strlen(big), 12000 - strlen(big), "\r\n");
-		fd = raw_connect(fx->port);
-		if (fd >= 0) {
-			raw_send(fd, big);
-			T_EXPECT(raw_read_all(fd, reply, sizeof(reply), 3000) ==
-				 1);
-			T_EQ_STR(reply, "");
-			close(fd);
-		}
-		free(big);
-	}
-
-	/* What nng answers itself still has a JSON body. */
+	/* A target that is not a path, and no Host header: JSON 400s. */
 	fd = raw_connect(fx->port);
 	T_ASSERT(fd >= 0);
 	raw_send(fd, "GET * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
 	raw_read_all(fd, reply, sizeof(reply), 3000);
 	close(fd);
-	T_CONTAINS(reply, "HTTP/1.1 404");
-	T_CONTAINS(reply, "{\"error\":\"not_found\"");
+	T_CONTAINS(reply, "HTTP/1.1 400");
+	T_CONTAINS(reply, "Content-Type: application/json\r\n");
+	T_CONTAINS(reply, "{\"error\":\"invalid_request\"");
 	fd = raw_connect(fx->port);
 	T_ASSERT(fd >= 0);
-	/* No Host header. */
 	raw_send(fd, "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n");
 	raw_read_all(fd, reply, sizeof(reply), 3000);
 	close(fd);
 	T_CONTAINS(reply, "HTTP/1.1 400");
+	T_CONTAINS(reply, "Content-Type: application/json\r\n");
 	T_CONTAINS(reply, "{\"error\":\"invalid_request\"");
 
 	/* Expect: 100-continue is answered, so curl does not wait 1 s. */
@@ -1303,7 +1278,8 @@ static void body_one_worker(struct fx *fx)
 	gate_reset();
 	T_ASSERT(bg_start(&a, fx, "/v1/gate") == 0);
 	T_EXPECT(wait_count(&gate_entered, 1, 5000));
-	/* ...yet what needs no worker is answered at once by nng's thread. */
+	/* ...yet what needs no worker is answered at once by the I/O
+	 * thread. */
 	req_simple(fx, "GET", "/v1/nothing", NULL, &r);
 	EXPECT_ERROR(&r, 404, "not_found");
 	T_EXPECT(r.secs < 0.5);
@@ -1637,6 +1613,21 @@ static void body_tls(struct fx *fx)
 	T_EXPECT(r.status != 200);
 	resp_free(&r);
 
+	/* A client that starts a handshake and never finishes it is cut
+	 * off at header_timeout_ms (400 here). */
+	{
+		char reply[256];
+		double t0 = now_s();
+		int fd = raw_connect(fx->port);
+
+		T_ASSERT(fd >= 0);
+		raw_send(fd, "\x16\x03\x01\x02\x00\x01");
+		T_EXPECT(raw_read_all(fd, reply, sizeof(reply), 3000) == 1);
+		T_EXPECT(now_s() - t0 >= 0.35);
+		T_EXPECT(now_s() - t0 < 1.5);
+		close(fd);
+	}
+
 	/* Still serving. */
 	req_simple(fx, "GET", "/healthz", NULL, &r);
 	T_EQ_INT(r.status, 200);
@@ -1657,6 +1648,7 @@ static void test_tls_roundtrip(void)
 	if (make_cert(tls_cert, tls_key)) {
 		cfg_defaults(&cfg);
 		cfg.url = "https://127.0.0.1:0";
+		cfg.header_timeout_ms = 400;
 		cfg.tls_cert_file = tls_cert;
 		cfg.tls_key_file = tls_key;
 		with_server(&cfg, body_tls);
@@ -1750,8 +1742,7 @@ static void test_port_in_use(void)
 		mer_http_server_free(a);
 		T_ASSERT(0);
 	}
-	/* nng would share a held server for the same URL; a second catch-all
-	 * on it is refused rather than silently merged. */
+	/* A second server on the same address cannot bind it. */
 	snprintf(url, sizeof(url), "http://127.0.0.1:%d",
 		 mer_http_server_port(a));
 	cfg.url = url;
@@ -1792,6 +1783,435 @@ static void test_port_in_use(void)
 	}
 }
 
+/* ---- tests: our own HTTP/1.1 server's limits ---------------------------- */
+
+/*
+ * Reads until out contains until (when not NULL), EOF or timeout_ms.
+ * Returns 2 when until was found, 1 on EOF/reset, 0 on timeout.
+ */
+static int raw_read_for(int fd, char *out, size_t n, int timeout_ms,
+			const char *until)
+{
+	size_t got = 0;
+	double end = now_s() + timeout_ms / 1e3;
+
+	out[0] = '\0';
+	for (;;) {
+		struct pollfd p = {fd, POLLIN, 0};
+		int left = (int)((end - now_s()) * 1e3);
+		ssize_t r;
+
+		if (until && strstr(out, until))
+			return 2;
+		if (left <= 0 || got == n - 1)
+			return 0;
+		if (poll(&p, 1, left) <= 0)
+			continue;
+		r = recv(fd, out + got, n - 1 - got, 0);
+		if (r <= 0)
+			return 1;
+		got += (size_t)r;
+		out[got] = '\0';
+	}
+}
+
+/* Counts occurrences of needle in s. */
+static int count_of(const char *s, const char *needle)
+{
+	int n = 0;
+
+	while ((s = strstr(s, needle)) != NULL) {
+		n++;
+		s += strlen(needle);
+	}
+	return n;
+}
+
+static int wait_conns(struct fx *fx, unsigned want)
+{
+	for (int i = 0; i < 300; i++) {
+		struct mer_http_stats st;
+
+		mer_http_server_stats(fx->srv, &st);
+		if (st.connections == want)
+			return 1;
+		sleep_ms(10);
+	}
+	return 0;
+}
+
+static void body_slowloris(struct fx *fx)
+{
+	static const char req[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n"
+				  "X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+				  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+	char reply[2048];
+	double t0, cut = 0;
+	int fd, served = 0, fine = 1;
+
+	fd = raw_connect(fx->port);
+	T_ASSERT(fd >= 0);
+	t0 = now_s();
+	/* One byte every 40 ms, while another client is served. */
+	for (size_t i = 0; i < sizeof(req) - 1 && now_s() - t0 < 3.0; i++) {
+		struct pollfd p = {fd, POLLIN, 0};
+		struct resp r;
+		char b[2] = {req[i], 0};
+
+		if (raw_send(fd, b) != 0 || poll(&p, 1, 40) > 0) {
+			cut = now_s() - t0;
+			break;
+		}
+		req_simple(fx, "GET", "/healthz", NULL, &r);
+		served++;
+		if (r.status != 200 || r.secs > 0.2)
+			fine = 0;
+		resp_free(&r);
+	}
+	T_EXPECT(cut > 0);
+	T_EXPECT(raw_read_all(fd, reply, sizeof(reply), 3000) == 1);
+	close(fd);
+	/* header_timeout_ms is 300 here. */
+	T_EXPECT(cut >= 0.25);
+	T_EXPECT(cut < 1.0);
+	T_EXPECT(served >= 3);
+	T_EXPECT(fine);
+	T_CONTAINS(reply, "HTTP/1.1 408");
+	T_CONTAINS(reply, "Content-Type: application/json\r\n");
+	T_CONTAINS(reply, "\"error\":\"timeout\"");
+	T_CONTAINS(reply, "Connection: close\r\n");
+	T_EXPECT(seen_wait("OTHER", "unmatched", 408));
+
+	/* A connection that sends nothing is closed silently at the same
+	 * limit. */
+	fd = raw_connect(fx->port);
+	T_ASSERT(fd >= 0);
+	t0 = now_s();
+	T_EXPECT(raw_read_all(fd, reply, sizeof(reply), 3000) == 1);
+	T_EXPECT(now_s() - t0 >= 0.25 && now_s() - t0 < 1.0);
+	T_EQ_STR(reply, "");
+	close(fd);
+}
+
+static void test_slowloris_408(void)
+{
+	struct mer_http_config cfg;
+
+	cfg_defaults(&cfg);
+	cfg.header_timeout_ms = 300;
+	with_server(&cfg, body_slowloris);
+}
+
+static void body_idle(struct fx *fx)
+{
+	char reply[2048];
+	double t0;
+	int fd = raw_connect(fx->port);
+
+	T_ASSERT(fd >= 0);
+	raw_send(fd, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+	T_EQ_INT(raw_read_for(fd, reply, sizeof(reply), 3000, "ok\n"), 2);
+	T_CONTAINS(reply, "HTTP/1.1 200");
+	/* Kept alive for the next request... */
+	raw_send(fd, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+	T_EQ_INT(raw_read_for(fd, reply, sizeof(reply), 3000, "ok\n"), 2);
+	/* ...then closed, without a word, after idle_timeout_ms (300). */
+	t0 = now_s();
+	T_EXPECT(raw_read_all(fd, reply, sizeof(reply), 3000) == 1);
+	T_EXPECT(now_s() - t0 >= 0.25);
+	T_EXPECT(now_s() - t0 < 1.0);
+	T_EQ_STR(reply, "");
+	close(fd);
+}
+
+static void test_idle_timeout(void)
+{
+	struct mer_http_config cfg;
+
+	cfg_defaults(&cfg);
+	cfg.idle_timeout_ms = 300;
+	with_server(&cfg, body_idle);
+}
+
+/* A request whose head is about total bytes, in nhdr header lines. */
+static char *big_head(size_t total, int nhdr)
+{
+	char *big = malloc(total + 256);
+	size_t n, per;
+
+	if (!big)
+		return NULL;
+	n = (size_t)snprintf(big, total + 256,
+			     "GET /healthz HTTP/1.1\r\nHost: x\r\n"
+			     "Connection: close\r\n");
+	per = (total - n - 2) / (size_t)nhdr;
+	for (int i = 0; i < nhdr; i++) {
+		int w = snprintf(big + n, total + 256 - n, "X-H%04d: ", i);
+
+		n += (size_t)w;
+		for (size_t k = (size_t)w + 2; k < per; k++)
+			big[n++] = 'v';
+		big[n++] = '\r';
+		big[n++] = '\n';
+	}
+	big[n++] = '\r';
+	big[n++] = '\n';
+	big[n] = '\0';
+	return big;
+}
+
+static void body_header_limits(struct fx *fx)
+{
+	char reply[4096];
+	char *big;
+	int fd;
+
+	/* 7.5 KiB of head passes the default 8 KiB limit. */
+	big = big_head(7680, 60);
+	T_ASSERT(big != NULL);
+	T_EXPECT(strlen(big) <= 7680);
+	fd = raw_connect(fx->port);
+	T_ASSERT(fd >= 0);
+	raw_send(fd, big);
+	raw_read_all(fd, reply, sizeof(reply), 3000);
+	close(fd);
+	free(big);
+	T_CONTAINS(reply, "HTTP/1.1 200");
+
+	/* 8.8 KiB does not: 431, as JSON. */
+	big = big_head(9000, 60);
+	T_ASSERT(big != NULL);
+	fd = raw_connect(fx->port);
+	T_ASSERT(fd >= 0);
+	raw_send(fd, big);
+	raw_read_all(fd, reply, sizeof(reply), 3000);
+	close(fd);
+	free(big);
+	T_CONTAINS(reply, "HTTP/1.1 431");
+	T_CONTAINS(reply, "Content-Type: application/json\r\n");
+	T_CONTAINS(reply, "\"error\":\"request_header_too_large\"");
+
+	/* Nor do 120 small header fields (the limit is 100). */
+	big = big_head(3000, 120);
+	T_ASSERT(big != NULL);
+	fd = raw_connect(fx->port);
+	T_ASSERT(fd >= 0);
+	raw_send(fd, big);
+	raw_read_all(fd, reply, sizeof(reply), 3000);
+	close(fd);
+	free(big);
+	T_CONTAINS(reply, "HTTP/1.1 431");
+	T_CONTAINS(reply, "\"error\":\"request_header_too_large\"");
+	T_EXPECT(seen_wait("OTHER", "unmatched", 431));
+}
+
+static void test_header_limits_431(void)
+{
+	with_server(NULL, body_header_limits);
+}
+
+static void body_max_conns(struct fx *fx)
+{
+	int fds[3], extra;
+	char reply[2048];
+	struct resp r;
+
+	for (int i = 0; i < 3; i++) {
+		fds[i] = raw_connect(fx->port);
+		T_EXPECT(fds[i] >= 0);
+	}
+	T_EXPECT(wait_conns(fx, 3));
+	/* The fourth is told 503 at once and closed. */
+	extra = raw_connect(fx->port);
+	if (extra >= 0) {
+		T_EXPECT(raw_read_all(extra, reply, sizeof(reply), 3000) == 1);
+		close(extra);
+		T_CONTAINS(reply, "HTTP/1.1 503");
+		T_CONTAINS(reply, "Content-Type: application/json\r\n");
+		T_CONTAINS(reply, "\"error\":\"busy\"");
+		T_CONTAINS(reply, "Retry-After: 1\r\n");
+	}
+	req_simple(fx, "GET", "/healthz", NULL, &r);
+	T_EXPECT(r.status == 503 || r.cc != CURLE_OK);
+	resp_free(&r);
+	/* Once one goes, there is room again. */
+	close(fds[0]);
+	fds[0] = -1;
+	T_EXPECT(wait_conns(fx, 2));
+	req_simple(fx, "GET", "/healthz", NULL, &r);
+	T_EQ_INT(r.status, 200);
+	resp_free(&r);
+	for (int i = 1; i < 3; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	T_EXPECT(wait_conns(fx, 0));
+}
+
+static void test_max_connections_503(void)
+{
+	struct mer_http_config cfg;
+
+	cfg_defaults(&cfg);
+	cfg.max_connections = 3;
+	with_server(&cfg, body_max_conns);
+}
+
+static void body_malformed(struct fx *fx)
+{
+	static const struct {
+		const char *req;
+		const char *status;
+		const char *code;
+	} cases[] = {
+	    {"GET /healthz\r\n\r\n", "400", "invalid_request"},
+	    {"GET  /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "400",
+	     "invalid_request"},
+	    {"GET /healthz HTTP/1.1 \r\nHost: x\r\n\r\n", "400",
+	     "invalid_request"},
+	    {"G(T /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "400",
+	     "invalid_request"},
+	    {"GET /heal\x01thz HTTP/1.1\r\nHost: x\r\n\r\n", "400",
+	     "invalid_request"},
+	    {"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n", "505", "http_version"},
+	    {"GET /healthz HTTP/1.2\r\nHost: x\r\n\r\n", "505", "http_version"},
+	    {"GET /healthz HTTP/0.9\r\nHost: x\r\n\r\n", "505", "http_version"},
+	    {"GET /healthz HTTP/x\r\nHost: x\r\n\r\n", "400",
+	     "invalid_request"},
+	    {"GET /healthz FTP/1.1\r\nHost: x\r\n\r\n", "400",
+	     "invalid_request"},
+	    {"GET /healthz HTTP/1.1\r\n\r\n", "400", "invalid_request"},
+	    {"GET /healthz HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", "400",
+	     "invalid_request"},
+	    {"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n",
+	     "400", "invalid_request"},
+	    {"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n", "400",
+	     "invalid_request"},
+	    {"GET /healthz HTTP/1.1\r\nHost : x\r\n\r\n", "400",
+	     "invalid_request"},
+	    {"GET /healthz HTTP/1.1\r\nHost: x\r\nNoColon\r\n\r\n", "400",
+	     "invalid_request"},
+	    {"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n", "400",
+	     "invalid_request"},
+	    {"POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+	     "Content-Length: 2\r\n\r\n{}",
+	     "400", "invalid_request"},
+	    {"POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: "
+	     "+2\r\n\r\n{}",
+	     "400", "invalid_request"},
+	    {"POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2, 2\r\n\r\n"
+	     "{}",
+	     "400", "invalid_request"},
+	    {"GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n", "417",
+	     "expectation_failed"},
+	};
+	char reply[4096], want[64];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int fd = raw_connect(fx->port);
+
+		T_ASSERT(fd >= 0);
+		raw_send(fd, cases[i].req);
+		/* Every one of these closes the connection. */
+		if (raw_read_all(fd, reply, sizeof(reply), 3000) != 1)
+			t_fail(__FILE__, __LINE__, "case %zu: no close", i);
+		close(fd);
+		snprintf(want, sizeof(want), "HTTP/1.1 %s ", cases[i].status);
+		if (strncmp(reply, want, strlen(want)) != 0 ||
+		    !strstr(reply, "Content-Type: application/json\r\n") ||
+		    !strstr(reply, cases[i].code) || strstr(reply, "<"))
+			t_fail(__FILE__, __LINE__, "case %zu: %s", i, reply);
+	}
+
+	/* HTTP/1.0 needs no Host, and is not kept alive unless asked. */
+	{
+		int fd = raw_connect(fx->port);
+
+		T_ASSERT(fd >= 0);
+		raw_send(fd, "GET /healthz HTTP/1.0\r\n\r\n");
+		T_EXPECT(raw_read_all(fd, reply, sizeof(reply), 3000) == 1);
+		close(fd);
+		T_CONTAINS(reply, "HTTP/1.1 200");
+		T_CONTAINS(reply, "Connection: close\r\n");
+		fd = raw_connect(fx->port);
+		T_ASSERT(fd >= 0);
+		raw_send(fd, "GET /healthz HTTP/1.0\r\n"
+			     "Connection: keep-alive\r\n\r\n");
+		T_EQ_INT(raw_read_for(fd, reply, sizeof(reply), 3000, "ok\n"),
+			 2);
+		T_CONTAINS(reply, "Connection: keep-alive\r\n");
+		raw_send(fd, "GET /v1/jobs/k HTTP/1.0\r\n\r\n");
+		T_EXPECT(raw_read_all(fd, reply, sizeof(reply), 3000) == 1);
+		T_CONTAINS(reply, "\"id\":\"k\"");
+		close(fd);
+	}
+	/* Still serving. */
+	{
+		struct resp r;
+
+		req_simple(fx, "GET", "/healthz", NULL, &r);
+		T_EQ_INT(r.status, 200);
+		resp_free(&r);
+	}
+}
+
+static void test_malformed_requests(void)
+{
+	with_server(NULL, body_malformed);
+}
+
+static void body_pipelined(struct fx *fx)
+{
+	char reply[8192];
+	const char *a, *b, *c;
+	int fd = raw_connect(fx->port);
+
+	T_ASSERT(fd >= 0);
+	/* Three requests in one write: a slow one first, a POST with a body,
+	 * then one that closes. Answers come in order. */
+	raw_send(fd, "GET /v1/sleep?ms=150 HTTP/1.1\r\nHost: x\r\n\r\n"
+		     "POST /v1/echo HTTP/1.1\r\nHost: x\r\n"
+		     "Content-Length: 9\r\n\r\n{\"n\": 2}\n"
+		     "GET /v1/jobs/third HTTP/1.1\r\nHost: x\r\n"
+		     "Connection: close\r\n\r\n");
+	T_EXPECT(raw_read_all(fd, reply, sizeof(reply), 5000) == 1);
+	close(fd);
+	T_EQ_INT(count_of(reply, "HTTP/1.1 200"), 3);
+	a = strstr(reply, "\"slept\":150");
+	b = strstr(reply, "\"n\":2");
+	c = strstr(reply, "\"id\":\"third\"");
+	T_EXPECT(a && b && c && a < b && b < c);
+
+	/* HEAD: the GET's headers and length, no body. */
+	fd = raw_connect(fx->port);
+	T_ASSERT(fd >= 0);
+	raw_send(fd, "HEAD /v1/jobs/xyz HTTP/1.1\r\nHost: x\r\n\r\n"
+		     "GET /v1/jobs/xyz HTTP/1.1\r\nHost: x\r\n"
+		     "Connection: close\r\n\r\n");
+	T_EXPECT(raw_read_all(fd, reply, sizeof(reply), 3000) == 1);
+	close(fd);
+	T_EQ_INT(count_of(reply, "HTTP/1.1 200"), 2);
+	T_EQ_INT(count_of(reply, "\"id\":\"xyz\""), 1);
+	{
+		/* Both answers announce the same length. */
+		const char *cl = strstr(reply, "Content-Length: ");
+		const char *eol = cl ? strstr(cl, "\r\n") : NULL;
+		char line[64];
+
+		T_ASSERT(eol != NULL && eol - cl < 60);
+		snprintf(line, sizeof(line), "%.*s", (int)(eol - cl + 2), cl);
+		T_EXPECT(strcmp(line, "Content-Length: 0\r\n") != 0);
+		T_EQ_INT(count_of(reply, line), 2);
+	}
+	/* The HEAD answer ends at its blank line: the GET follows. */
+	T_CONTAINS(reply, "\r\n\r\nHTTP/1.1 200");
+	T_EXPECT(seen_wait("HEAD", "/v1/jobs/{id}", 200));
+}
+
+static void test_pipelined_and_head(void)
+{
+	with_server(NULL, body_pipelined);
+}
+
 static const struct t_case cases[] = {
     {"json_echo", test_json_echo},
     {"path_params", test_path_params},
@@ -1813,6 +2233,12 @@ static const struct t_case cases[] = {
     {"tls_roundtrip", test_tls_roundtrip},
     {"config_errors", test_config_errors},
     {"port_in_use", test_port_in_use},
+    {"slowloris_408", test_slowloris_408},
+    {"idle_timeout", test_idle_timeout},
+    {"header_limits_431", test_header_limits_431},
+    {"max_connections_503", test_max_connections_503},
+    {"malformed_requests", test_malformed_requests},
+    {"pipelined_and_head", test_pipelined_and_head},
 };
 
 int main(int argc, char **argv)
