@@ -601,6 +601,15 @@ static json_t *sites_view(struct mer_broker *b, int *rv)
 		out = NULL;
 		goto done;
 	}
+	/* The summaries the broker holds in memory are newer than etcd's by
+	 * up to one flush, and their last_heartbeat is when they arrived:
+	 * they win, so a site's age is exact (docs/STATE.md "Site
+	 * reports"); etcd's copy serves the sites that have not reported
+	 * since this broker started. */
+	json_t *mem = mer_dispatch_reports(b);
+	if (mem)
+		json_object_update(reports, mem);
+	json_decref(mem);
 	pthread_rwlock_rdlock(&b->lock);
 	json_array_foreach (json_object_get(b->fed_file, "sites"), i, v)
 		json_object_set(

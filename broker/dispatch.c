@@ -8,6 +8,7 @@
  * change is a guarded update (store.h). Not placement (placer.c).
  */
 #include "broker/broker.h"
+#include "broker/dispatch.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "policy/job.h"
 
 #define KEY_MAX 320
 
@@ -301,9 +303,13 @@ void mer_dispatch_job(struct mer_broker *b, const char *id)
 	free(c.l);
 }
 
-/* Commands for what a record has in flight: launches of dispatched stages
- * and cancels of stages asked to stop. Repeats are harmless (the agent
- * knows stage ids; queued ids are deduplicated). */
+/* Commands for what a record has in flight: launches of dispatched stages,
+ * cancels of stages asked to stop, and cancels of copies the broker gave
+ * up on (lost site, preemption) that no agent has answered yet: the
+ * record's "stale" entries still "abandoned" are the durable truth, so a
+ * broker restarted between a copy's abandonment and its "site-stale/"
+ * entry still sends them. Repeats are harmless (the agent knows stage
+ * ids; queued ids are deduplicated). */
 void mer_dispatch_resend(struct mer_broker *b, const json_t *rec)
 {
 	struct ready_ctx c = {0};
@@ -320,6 +326,19 @@ void mer_dispatch_resend(struct mer_broker *b, const json_t *rec)
 		    json_string_value(json_object_get(s, "name"));
 		long long att =
 		    json_integer_value(json_object_get(s, "attempts"));
+		const json_t *e;
+		size_t k;
+		json_array_foreach (json_object_get(s, "stale"), k, e)
+			if (name &&
+			    is(json_string_value(json_object_get(e, "state")),
+			       "abandoned"))
+				add_launch(&c,
+					   json_string_value(
+					       json_object_get(e, "site")),
+					   name,
+					   json_integer_value(
+					       json_object_get(e, "attempt")),
+					   1);
 		if (!site || !name || terminal(st))
 			continue;
 		int cancel =
@@ -347,7 +366,13 @@ struct event_ctx {
 	long long retry_limit;
 	int stale;   /* the event is about a copy the broker gave up on */
 	int replace; /* the stage went back to pending */
+	int changed; /* the record was changed (not a duplicate) */
+	struct mer_broker *b;
+	const json_t *ev;      /* the event as the agent sent it */
+	struct replicas *reps; /* outputs stored with a "finished" */
 };
+
+static void replicas_clear(struct replicas *rs);
 
 /* The stage entry of rec named name, or NULL. */
 static json_t *stage_named(json_t *rec, const char *name)
@@ -432,6 +457,9 @@ static int mutate_event(void *arg, json_t *rec)
 
 	c->stale = 0;
 	c->replace = 0;
+	c->changed = 0;
+	if (c->reps)
+		replicas_clear(c->reps); /* from an earlier try */
 	if (!s)
 		return MER_ECANCELED;
 	const char *st = json_string_value(json_object_get(s, "state"));
@@ -446,6 +474,7 @@ static int mutate_event(void *arg, json_t *rec)
 		if (!stale_ended(s, c->site, c->attempt, c->event, c->now))
 			return MER_ECANCELED;
 		json_object_set_new(rec, "updated_at", json_integer(c->now));
+		c->changed = 1;
 		return 0;
 	}
 	if (terminal(st))
@@ -491,6 +520,7 @@ static int mutate_event(void *arg, json_t *rec)
 		return MER_ECANCELED;
 	}
 	mer_dispatch_job_state(rec, c->now);
+	c->changed = 1;
 	return 0;
 }
 
@@ -602,57 +632,153 @@ static void history_record(struct mer_broker *b, const json_t *rec,
 
 /*
  * The outputs of a stage that succeeded become dataset replicas at its
- * site: "<p>/replicas/<site>/<output name>" = {name, bytes, tags, job,
- * stage, created_at} (the job's expected size; a newer output of the same
- * name at the site replaces the older). Snapshots list them in the site's
- * datasets (mer_placer_annotate_site), so later stages and jobs reading
- * them are placed near them.
+ * site: "<p>/replicas/<site>/<output name>" = {name, bytes, tags, site,
+ * job, stage, created_at, bytes_from} (a newer output of the same name at
+ * the site replaces the older). bytes is what the agent's "finished" event
+ * says the stage wrote ("outputs": [{"name", "bytes"}], bytes_from
+ * "agent"), else the size the job declared ("job"). Snapshots list them
+ * in the site's datasets (mer_placer_annotate_site), so later stages and
+ * jobs reading them are placed near them.
+ *
+ * They are written in the same etcd txn as the job record that marks the
+ * stage succeeded (event_extra, through mer_store_update_ops), so neither
+ * is ever stored without the other. That txn holds one put per output
+ * plus the record and its index entry: the job validator's bound on a
+ * stage's outputs keeps it within etcd's default --max-txn-ops.
  */
-static void replicas_record(struct mer_broker *b, const json_t *rec,
-			    const char *job, const char *stage,
-			    const char *site)
+#define ETCD_TXN_OPS 128 /* etcd's default --max-txn-ops */
+_Static_assert(MER_JOB_MAX_DATASETS + 2 <= ETCD_TXN_OPS,
+	       "a stage's replicas, its record and its index entry must fit "
+	       "in one txn at etcd's default --max-txn-ops");
+
+struct replica {
+	char key[KEY_MAX];
+	char *text;
+	json_t *o;
+};
+
+struct replicas {
+	struct replica *r; /* MER_JOB_MAX_DATASETS once allocated */
+	size_t n;
+};
+
+/* Empties rs (kept allocated for another try); replicas_free frees it. */
+static void replicas_clear(struct replicas *rs)
 {
+	for (size_t i = 0; i < rs->n; i++) {
+		free(rs->r[i].text);
+		json_decref(rs->r[i].o);
+	}
+	rs->n = 0;
+}
+
+static void replicas_free(struct replicas *rs)
+{
+	replicas_clear(rs);
+	free(rs->r);
+	rs->r = NULL;
+}
+
+/* The size the agent reported for output name, or -1. */
+static double reported_bytes(const json_t *ev, const char *name)
+{
+	const json_t *v;
+	size_t i;
+
+	json_array_foreach (json_object_get(ev, "outputs"), i, v) {
+		const json_t *by = json_object_get(v, "bytes");
+		if (is(json_string_value(json_object_get(v, "name")), name) &&
+		    json_is_number(by) && json_number_value(by) >= 0)
+			return json_number_value(by);
+	}
+	return -1;
+}
+
+static int replicas_build(struct mer_broker *b, const json_t *rec,
+			  const char *stage, const char *site, const json_t *ev,
+			  long long now, struct replicas *rs)
+{
+	const char *job = json_string_value(json_object_get(rec, "id"));
 	const json_t *sp = NULL, *v, *out;
 	size_t i;
-	int n = 0;
 
 	json_array_foreach (
 	    json_object_get(json_object_get(rec, "spec"), "stages"), i, v)
 		if (is(json_string_value(json_object_get(v, "name")), stage))
 			sp = v;
+	if (!json_array_size(json_object_get(sp, "outputs")))
+		return 0;
+	if (!rs->r && !(rs->r = calloc(MER_JOB_MAX_DATASETS, sizeof(*rs->r))))
+		return MER_ENOMEM;
 	json_array_foreach (json_object_get(sp, "outputs"), i, out) {
 		const char *name =
 		    json_string_value(json_object_get(out, "name"));
 		const json_t *tags = json_object_get(out, "tags");
-		char key[KEY_MAX];
-		if (!name || !mer_store_key(b->store, key, sizeof(key),
-					    "replicas/%s/%s", site, name))
+		double got;
+		struct replica *r;
+
+		if (!name)
 			continue;
-		json_t *o = json_pack(
-		    "{s:s, s:f, s:o, s:s, s:s, s:s, s:I}", "name", name,
-		    "bytes", json_number_value(json_object_get(out, "bytes")),
+		if (rs->n == MER_JOB_MAX_DATASETS)
+			return MER_ETOOBIG; /* not a validated job */
+		got = reported_bytes(ev, name);
+		r = &rs->r[rs->n];
+		if (!mer_store_key(b->store, r->key, sizeof(r->key),
+				   "replicas/%s/%s", site, name))
+			return MER_ETOOBIG;
+		r->o = json_pack(
+		    "{s:s, s:f, s:o, s:s, s:s?, s:s, s:I, s:s}", "name", name,
+		    "bytes",
+		    got >= 0 ? got
+			     : json_number_value(json_object_get(out, "bytes")),
 		    "tags",
 		    json_is_array(tags) ? json_deep_copy(tags) : json_array(),
 		    "site", site, "job", job, "stage", stage, "created_at",
-		    (json_int_t)time(NULL));
-		char *text = o ? mer_json_dumps(o) : NULL;
-		int rv = text ? mer_etcd_put(b->etcd, key, strlen(key), text,
-					     strlen(text), 0, NULL)
-			      : MER_ENOMEM;
-		if (rv == 0) {
-			mer_placer_replica_note(b, site, o);
-			n++;
-		} else {
-			mer_warn("output replica not stored",
-				 "site=%s dataset=%s err=%s", site, name,
-				 mer_errname(rv));
+		    (json_int_t)now, "bytes_from", got >= 0 ? "agent" : "job");
+		r->text = r->o ? mer_json_dumps(r->o) : NULL;
+		if (!r->text) {
+			json_decref(r->o);
+			r->o = NULL;
+			return MER_ENOMEM;
 		}
-		free(text);
-		json_decref(o);
+		rs->n++;
 	}
-	if (n) {
+	return 0;
+}
+
+/*
+ * The store's extra ops for an event's update (mer_store_update_ops): when
+ * the update marks the stage succeeded, its output replicas, written in
+ * the same txn as the record. Called after every mutate_event that writes.
+ */
+static int event_extra(void *arg, const json_t *rec, struct mer_store_ops *ops)
+{
+	struct event_ctx *c = arg;
+	int rv;
+
+	if (!c->reps || c->stale || !is(c->event, "finished"))
+		return 0;
+	replicas_clear(c->reps);
+	if ((rv = replicas_build(c->b, rec, c->stage, c->site, c->ev, c->now,
+				 c->reps)))
+		return rv;
+	for (size_t i = 0; i < c->reps->n; i++)
+		if ((rv = mer_store_ops_put(ops, c->reps->r[i].key,
+					    c->reps->r[i].text)))
+			return rv;
+	return 0;
+}
+
+/* Replicas just stored: kept for the snapshots. */
+static void replicas_note(struct mer_broker *b, const struct replicas *rs,
+			  const char *job, const char *stage, const char *site)
+{
+	for (size_t i = 0; i < rs->n; i++)
+		mer_placer_replica_note(b, site, rs->r[i].o);
+	if (rs->n) {
 		mer_info("output replicas stored",
-			 "job=%s stage=%s site=%s n=%d", job, stage, site, n);
+			 "job=%s stage=%s site=%s n=%zu", job, stage, site,
+			 rs->n);
 		mer_broker_fed_invalidate(b);
 	}
 }
@@ -662,6 +788,7 @@ static void handle_event(struct mer_broker *b, const char *site,
 {
 	char job[MER_JOB_ID_SIZE], stage[128];
 	const char *uid = json_string_value(json_object_get(ev, "stage"));
+	struct replicas reps = {0};
 	struct event_ctx c = {
 	    .site = site,
 	    .stage = stage,
@@ -670,14 +797,20 @@ static void handle_event(struct mer_broker *b, const char *site,
 		(int)json_integer_value(json_object_get(ev, "exit_code")),
 	    .reason = json_string_value(json_object_get(ev, "reason")),
 	    .now = (long long)time(NULL),
-	    .retry_limit = retry_limit};
+	    .retry_limit = retry_limit,
+	    .b = b,
+	    .ev = ev,
+	    .reps = &reps};
 	json_t *after = NULL;
 	int rv;
 
 	if (!uid || !c.event ||
 	    parse_uid(uid, job, stage, sizeof(stage), &c.attempt))
 		return;
-	rv = mer_store_update(b->store, job, mutate_event, &c, &after);
+	/* The stage's outputs are stored with the record that says it
+	 * succeeded (event_extra), or not at all. */
+	rv = mer_store_update_ops(b->store, job, mutate_event, event_extra, &c,
+				  &after);
 	if (rv == 0 && c.stale && is(c.event, "started")) {
 		/* The site came back with a copy the broker gave up on. */
 		queue_cancel(b, site, uid);
@@ -693,8 +826,8 @@ static void handle_event(struct mer_broker *b, const char *site,
 			 c.event);
 		if (c.replace)
 			mer_placer_enqueue(b, job);
-		if (is(c.event, "finished")) {
-			replicas_record(b, after, job, stage, site);
+		if (is(c.event, "finished") && c.changed) {
+			replicas_note(b, &reps, job, stage, site);
 			history_record(b, after, stage, site);
 		}
 		/* A failed job: its other live stages get cancels. */
@@ -704,6 +837,7 @@ static void handle_event(struct mer_broker *b, const char *site,
 		mer_dispatch_job(b, job);
 	}
 	json_decref(after);
+	replicas_free(&reps);
 }
 
 static void stale_add(struct mer_broker *b, const char *site, json_t *uids);
@@ -855,9 +989,10 @@ void mer_dispatch_watch(struct mer_broker *b, const char *site)
 	pthread_mutex_unlock(&b->watch->mu);
 }
 
-/* The copies a lost site may still run ("<p>/site-stale/<site>": a JSON
- * array of stage ids), so that they are cancelled when it returns even
- * across a broker restart. */
+/* Cancels that must reach a site ("<p>/site-stale/<site>": a JSON array
+ * of stage ids): copies a lost site may still run and preemption victims.
+ * Stored before they are queued, removed only when the agent answers, so
+ * they outlive a broker restart. */
 static void stale_add(struct mer_broker *b, const char *site, json_t *uids)
 {
 	char key[KEY_MAX];
@@ -882,8 +1017,19 @@ static void stale_add(struct mer_broker *b, const char *site, json_t *uids)
 			json_decref(list);
 			list = json_array();
 		}
-		json_array_foreach (uids, i, v)
-			json_array_append(list, v);
+		size_t had = json_array_size(list);
+		json_array_foreach (uids, i, v) {
+			int dup = 0;
+			for (size_t k = 0; k < json_array_size(list) && !dup;
+			     k++)
+				dup = json_equal(json_array_get(list, k), v);
+			if (!dup)
+				json_array_append(list, v);
+		}
+		if (json_array_size(list) == had) {
+			json_decref(list); /* all there already */
+			return;
+		}
 		char *text = mer_json_dumps(list);
 		json_decref(list);
 		if (!text)
@@ -946,9 +1092,11 @@ static void stale_remove(struct mer_broker *b, const char *site,
 	}
 }
 
-/* The first report of a live site since this broker started: the cancels
- * an earlier broker stored for it (preemption victims) are sent again;
- * each entry goes when the agent answers (cancel_answered). */
+/* Queues the cancels stored for site: on its first report since this
+ * broker started (what an earlier broker stored: preemption victims,
+ * copies abandoned on a lost site), and when a lost site reports again.
+ * Each entry goes when the agent answers (cancel_answered); a repeat is
+ * harmless (queued ids are deduplicated, the agent knows stage ids). */
 static void stale_resend(struct mer_broker *b, const char *site)
 {
 	char key[KEY_MAX];
@@ -964,7 +1112,7 @@ static void stale_resend(struct mer_broker *b, const char *site)
 	list = json_loadb(kv.value, kv.value_len, 0, NULL);
 	json_array_foreach (list, i, v) {
 		queue_cancel(b, site, json_string_value(v));
-		mer_info("stored cancel sent again", "stage=%s site=%s",
+		mer_info("stored cancel queued", "stage=%s site=%s",
 			 json_string_value(v), site);
 	}
 	json_decref(list);
@@ -1105,13 +1253,12 @@ static void site_lost(struct mer_broker *b, const char *site)
 }
 
 /* The site reports again after it was lost: no longer lost, and told to
- * cancel the copies it may still run. */
+ * cancel the copies it may still run. The cancels are those stored in
+ * "site-stale/<site>" (stale_resend): each stays stored until the agent
+ * answers it (cancel_answered), so a broker restart before the agent has
+ * taken it sends it again (watch_seen) instead of losing it. */
 static void site_back(struct mer_broker *b, const char *site)
 {
-	char key[KEY_MAX];
-	struct mer_etcd_kv kv = {0};
-	json_t *list = NULL, *v;
-	size_t i;
 	int rv;
 
 	mer_info("site back", "site=%s", site);
@@ -1119,20 +1266,7 @@ static void site_back(struct mer_broker *b, const char *site)
 		mer_warn("site lost mark not cleared", "site=%s err=%s", site,
 			 mer_errname(rv));
 	mer_broker_fed_invalidate(b);
-	if (!mer_store_key(b->store, key, sizeof(key), "site-stale/%s", site) ||
-	    mer_etcd_get(b->etcd, key, strlen(key), &kv, NULL) != 0)
-		return;
-	list = json_loadb(kv.value, kv.value_len, 0, NULL);
-	json_array_foreach (list, i, v) {
-		queue_cancel(b, site, json_string_value(v));
-		mer_info("stale copy cancel sent", "stage=%s site=%s",
-			 json_string_value(v), site);
-	}
-	/* Commands stay queued until the agent acknowledges them. */
-	mer_etcd_delete_if_mod_revision(b->etcd, key, strlen(key),
-					kv.mod_revision, NULL);
-	json_decref(list);
-	mer_etcd_kv_clear(&kv);
+	stale_resend(b, site);
 }
 
 static int site_marked_lost(struct mer_broker *b, const char *site)
@@ -1638,4 +1772,47 @@ void mer_dispatch_stop(struct mer_broker *b)
 	mer_link_server_stop(b->link);
 	b->link = NULL;
 	reports_stop(b);
+}
+
+/* ---- report references (dispatch.h) ----------------------------------------
+ * For the placer's snapshot: references instead of mer_dispatch_reports'
+ * deep copies, taken under the lock (cheap: the link's thread waits on
+ * it), so that unchanged summaries cost neither a copy nor a new
+ * validation. */
+
+int mer_dispatch_report_refs(struct mer_broker *b, struct mer_report_ref **out,
+			     size_t *n)
+{
+	struct site_reports *r = b->reports;
+	struct mer_report_ref *a = NULL;
+	size_t k = 0;
+
+	*out = NULL;
+	*n = 0;
+	if (!r)
+		return 0;
+	pthread_mutex_lock(&r->mu);
+	if (r->n && !(a = calloc(r->n, sizeof(*a)))) {
+		pthread_mutex_unlock(&r->mu);
+		return MER_ENOMEM;
+	}
+	for (size_t i = 0; i < r->n; i++) {
+		if (!r->e[i].snap)
+			continue;
+		memcpy(a[k].site, r->e[i].site, sizeof(a[k].site));
+		a[k].snap = json_incref(r->e[i].snap);
+		a[k].at = r->e[i].at;
+		k++;
+	}
+	pthread_mutex_unlock(&r->mu);
+	*out = a;
+	*n = k;
+	return 0;
+}
+
+void mer_dispatch_report_refs_free(struct mer_report_ref *refs, size_t n)
+{
+	for (size_t i = 0; refs && i < n; i++)
+		json_decref(refs[i].snap);
+	free(refs);
 }

@@ -439,9 +439,49 @@ int mer_membership_check_key(struct mer_membership *m,
 	return rv;
 }
 
+/*
+ * Marks the site record revoked (txn guarded by its mod_revision) and, in
+ * the same txn, deletes the dataset replicas its stages made
+ * ("<prefix>/replicas/<site>/", docs/STATE.md): a revoked site's data is
+ * out of the federation's reach, so nothing must be placed for it.
+ */
+static int revoke_txn(struct mer_membership *m, const char *site,
+		      const char *text, int64_t rev)
+{
+	char key[KEY_MAX], reps[KEY_MAX];
+	struct mer_etcd_txn_result r = {0};
+	int rv;
+
+	key_of(m, key, "sites", site);
+	/* The trailing slash: "a" must not take "ab"'s replicas. */
+	snprintf(reps, sizeof(reps), "%s/replicas/%s/", m->prefix, site);
+	struct mer_etcd_cmp c = {.key = key,
+				 .key_len = strlen(key),
+				 .target = MER_ETCD_CMP_MOD_REVISION,
+				 .result = MER_ETCD_CMP_EQUAL,
+				 .number = rev};
+	struct mer_etcd_op ops[2] = {{.type = MER_ETCD_OP_PUT,
+				      .key = key,
+				      .key_len = strlen(key),
+				      .value = text,
+				      .value_len = text ? strlen(text) : 0},
+				     {.type = MER_ETCD_OP_DELETE,
+				      .key = reps,
+				      .key_len = strlen(reps),
+				      .prefix = 1}};
+	/* Already revoked (text NULL): only the replicas, again. */
+	if (!text)
+		return mer_etcd_delete_prefix(m->etcd, reps, strlen(reps), NULL,
+					      NULL);
+	rv = mer_etcd_txn(m->etcd, &c, 1, ops, 2, NULL, 0, &r, NULL);
+	if (rv == 0 && !r.succeeded)
+		rv = MER_ECOMPARE;
+	mer_etcd_txn_result_clear(&r);
+	return rv;
+}
+
 int mer_membership_revoke(struct mer_membership *m, const char *site)
 {
-	char key[KEY_MAX];
 	json_t *o = NULL;
 	char *text;
 	int64_t rev;
@@ -449,14 +489,16 @@ int mer_membership_revoke(struct mer_membership *m, const char *site)
 
 	if (!valid_name(site))
 		return MER_EINVAL;
-	key_of(m, key, "sites", site);
 	for (int i = 0; i < CLAIM_TRIES && rv == MER_ECOMPARE; i++) {
 		rv = site_read(m, site, &o, &rev);
 		if (rv != 0)
 			return rv;
 		if (json_is_true(json_object_get(o, "revoked"))) {
 			json_decref(o);
-			return 0;
+			/* A repeat clears what an earlier one may have
+			 * left (or a revoke from before replicas went
+			 * with it). */
+			return revoke_txn(m, site, NULL, rev);
 		}
 		json_object_set_new(o, "revoked", json_true());
 		json_object_set_new(o, "revoked_at", json_integer(wall_now()));
@@ -465,9 +507,7 @@ int mer_membership_revoke(struct mer_membership *m, const char *site)
 		o = NULL;
 		if (!text)
 			return MER_ENOMEM;
-		rv = mer_etcd_put_if_mod_revision(m->etcd, key, strlen(key),
-						  text, strlen(text), 0, rev,
-						  NULL);
+		rv = revoke_txn(m, site, text, rev);
 		free(text);
 	}
 	if (rv == 0)

@@ -91,8 +91,10 @@ int mer_membership_site_get(struct mer_membership *m, const char *name,
 			    struct mer_site_record *rec);
 
 /* Marks a site revoked (its key is refused from now on; joining again
- * needs a new token). The caller also calls mer_link_server_revoke to drop
- * live sessions. MER_ENOTFOUND for an unknown site. */
+ * needs a new token) and deletes, in the same txn, the dataset replicas
+ * its stages left ("<prefix>/replicas/<site>/"; a repeat deletes them
+ * again). The caller also calls mer_link_server_revoke to drop live
+ * sessions. MER_ENOTFOUND for an unknown site. */
 int mer_membership_revoke(struct mer_membership *m, const char *site);
 
 #endif

@@ -9,6 +9,7 @@
  * memory. Dispatch to agents is not here.
  */
 #include "broker/broker.h"
+#include "broker/dispatch.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -1107,8 +1108,377 @@ out:
 	json_decref(rec);
 }
 
-static void place_round(struct mer_broker *b, char (*ids)[MER_JOB_ID_SIZE],
-			size_t n)
+/* ---- federation snapshot ---------------------------------------------------
+ * What each round places against, built by the placer thread from memory
+ * where it can be (docs/STATE.md "Placement"): the agents' summaries as the
+ * broker received them (dispatch.h), and a cache of the site records
+ * ("<p>/site-status/": drained, revoked, lost; "<p>/sites/": membership)
+ * and of etcd's copy of the summaries ("<p>/site-reports/"), which serves
+ * the sites that have not reported since this broker started. The records
+ * are read again when something in this broker changed them (every writer
+ * calls mer_broker_fed_invalidate after its write) and every
+ * SITES_MAX_AGE_MS; etcd's copy then too when it holds summaries of sites
+ * this broker does not know, and every COPY_MAX_AGE_MS. So a round costs
+ * no etcd read unless sites changed. A summary found valid is not
+ * validated again while it stays the same. Without a link, summaries only
+ * come through etcd: everything is read every round, as before. The REST
+ * handlers and broker.c's mer_broker_federation do not use this. */
+
+/* Re-read the site records at least this often, for writers outside this
+ * process (another broker on the same etcd, an operator's etcdctl). */
+#define SITES_MAX_AGE_MS 10000
+/* Re-read etcd's copy of the summaries at least this often. */
+#define COPY_MAX_AGE_MS 60000
+
+struct snap_cache {
+	json_t *status;	    /* "<p>/site-status/" by name */
+	json_t *members;    /* "<p>/sites/" by name */
+	uint64_t sites_gen; /* b->fed_gen they were read at */
+	long long sites_ms; /* monotonic */
+	json_t *copy;	    /* etcd's summaries by name; null: invalid */
+	long long copy_ms;
+	json_t *valid;	 /* site -> its summary last found valid */
+	json_t *invalid; /* site -> its summary last found invalid */
+	size_t same, equal, validated; /* this build's, for the debug line */
+};
+
+static void snap_cache_clear(struct snap_cache *c)
+{
+	json_decref(c->status);
+	json_decref(c->members);
+	json_decref(c->copy);
+	json_decref(c->valid);
+	json_decref(c->invalid);
+	memset(c, 0, sizeof(*c));
+}
+
+static long long mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static double thread_cpu_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Every key under "<p>/<what>/" as name -> parsed value (unparsable
+ * values as null), or NULL when etcd cannot be read. */
+static json_t *range_obj(struct mer_broker *b, const char *what)
+{
+	char prefix[320];
+	size_t plen =
+	    mer_store_key(b->store, prefix, sizeof(prefix), "%s/", what);
+	struct mer_etcd_range r = {0};
+	json_t *out = json_object();
+
+	if (!out || !plen ||
+	    mer_etcd_range_prefix(b->etcd, prefix, plen, NULL, 0, 0, 0, 0, &r,
+				  NULL) != 0) {
+		json_decref(out);
+		return NULL;
+	}
+	for (size_t i = 0; i < r.n; i++) {
+		json_t *v =
+		    json_loadb(r.kvs[i].value, r.kvs[i].value_len, 0, NULL);
+		json_object_set_new(out, r.kvs[i].key + plen,
+				    v ? v : json_null());
+	}
+	mer_etcd_range_clear(&r);
+	return out;
+}
+
+/* How many summaries etcd holds (a count, no values), or -1. */
+static int64_t copy_keys(struct mer_broker *b)
+{
+	char prefix[320];
+	size_t plen =
+	    mer_store_key(b->store, prefix, sizeof(prefix), "site-reports/");
+	struct mer_etcd_range r = {0};
+	int64_t n = -1;
+
+	if (plen && mer_etcd_range_prefix(b->etcd, prefix, plen, NULL, 0, 1, 0,
+					  1, &r, NULL) == 0)
+		n = r.count;
+	mer_etcd_range_clear(&r);
+	return n;
+}
+
+/* Reads etcd's copy of the summaries, each validated once here. */
+static int copy_load(struct mer_broker *b, struct snap_cache *c, long long now)
+{
+	json_t *copy = range_obj(b, "site-reports");
+	const char *name;
+	json_t *v;
+	void *tmp;
+	char err[256];
+
+	if (!copy)
+		return MER_EUNREACHABLE;
+	json_object_foreach_safe (copy, tmp, name, v) {
+		if (json_is_null(v))
+			continue;
+		/* A summary that fails validation is skipped, not fatal:
+		 * one broken agent must not stop placement everywhere. */
+		if (mer_site_validate(v, NULL, err, sizeof(err)) != 0) {
+			mer_warn("site report ignored", "site=%s why=%s", name,
+				 err);
+			json_object_set_new(copy, name, json_null());
+		}
+	}
+	json_decref(c->copy);
+	c->copy = copy;
+	c->copy_ms = now;
+	return 0;
+}
+
+/* Whether snap (site's summary from memory; s: its copy with
+ * last_heartbeat) may be placed on; validated when it is new. */
+static int mem_valid(struct snap_cache *c, const char *site, json_t *snap,
+		     const json_t *s)
+{
+	json_t *v = json_object_get(c->valid, site);
+	char err[256];
+
+	if (v == snap) {
+		c->same++;
+		return 1;
+	}
+	if (v && json_equal(v, snap)) {
+		c->equal++;
+		json_object_set(c->valid, site, snap);
+		return 1;
+	}
+	v = json_object_get(c->invalid, site);
+	if (v && (v == snap || json_equal(v, snap)))
+		return 0; /* warned about when it came */
+	c->validated++;
+	if (mer_site_validate(s, NULL, err, sizeof(err)) == 0) {
+		json_object_set(c->valid, site, snap);
+		json_object_del(c->invalid, site);
+		return 1;
+	}
+	mer_warn("site report ignored", "site=%s why=%s", site, err);
+	json_object_set(c->invalid, site, snap);
+	json_object_del(c->valid, site);
+	return 0;
+}
+
+/* Sites the broker's own stages annotate (outputs, preemptible stages), as
+ * a set of names; pmu taken. */
+static json_t *annotated_sites(struct mer_broker *b)
+{
+	json_t *set = json_object();
+
+	pthread_mutex_lock(&b->pmu);
+	for (size_t i = 0; set && b->reps && i < b->reps->n; i++)
+		json_object_set_new(set, b->reps->e[i].site, json_true());
+	for (size_t i = 0; set && b->pre && i < b->pre->n; i++)
+		json_object_set_new(set, b->pre->e[i].site, json_true());
+	pthread_mutex_unlock(&b->pmu);
+	return set;
+}
+
+/*
+ * The federation as mer_broker_federation builds it (static sites, then
+ * etcd's summaries, then the ones in memory; minus revoked sites, with
+ * drained marks, lost sites as health down, the broker's own stages
+ * annotated), from the cache c. gen: b->fed_gen when the build started.
+ */
+static int snap_build(struct mer_broker *b, struct snap_cache *c, uint64_t gen,
+		      struct mer_fed **fed, char *err, size_t errlen)
+{
+	long long now = mono_ms();
+	/* phase ends, wall and thread CPU ms, for the debug line */
+	double w0 = mono_s() * 1e3, c0 = thread_cpu_ms(), w1, c1, w2, c2;
+	struct mer_report_ref *refs = NULL;
+	size_t nrefs = 0;
+	json_t *doc = NULL, *sites = json_object();
+	json_t *arr = json_array(), *mem = json_object(), *annot = NULL, *v;
+	const char *name;
+	int read_sites = 0, read_copy = 0;
+	int rv = MER_EUNREACHABLE;
+
+	*fed = NULL;
+	c->same = c->equal = c->validated = 0;
+	if (!c->valid)
+		c->valid = json_object();
+	if (!c->invalid)
+		c->invalid = json_object();
+	if (!sites || !arr || !mem || !c->valid || !c->invalid) {
+		rv = MER_ENOMEM;
+		goto out;
+	}
+	if ((rv = mer_dispatch_report_refs(b, &refs, &nrefs)))
+		goto out;
+	/* Without a link etcd is where summaries come from: read it all
+	 * every round. */
+	int linked = b->cfg.link_listen && b->cfg.link_listen[0];
+	if (!linked || !c->status || c->sites_gen != gen ||
+	    now - c->sites_ms > SITES_MAX_AGE_MS) {
+		json_t *st = range_obj(b, "site-status");
+		json_t *m = st ? range_obj(b, "sites") : NULL;
+		if (!m) {
+			json_decref(st);
+			goto out_etcd;
+		}
+		json_decref(c->status);
+		json_decref(c->members);
+		c->status = st;
+		c->members = m;
+		c->sites_gen = gen;
+		c->sites_ms = now;
+		read_sites = 1;
+		/* etcd's copy of the summaries: when old, and when it holds
+		 * summaries of sites neither it nor memory has (written by
+		 * another process: read them too). */
+		read_copy =
+		    !linked || !c->copy || now - c->copy_ms > COPY_MAX_AGE_MS;
+		if (!read_copy) {
+			int64_t keys = copy_keys(b);
+			size_t known = json_object_size(c->copy);
+			if (keys < 0)
+				goto out_etcd;
+			for (size_t k = 0; k < nrefs; k++)
+				if (!json_object_get(c->copy, refs[k].site))
+					known++;
+			read_copy = keys > (int64_t)known;
+		}
+	}
+	if (read_copy && (rv = copy_load(b, c, now)))
+		goto out_etcd;
+	w1 = mono_s() * 1e3;
+	c1 = thread_cpu_ms();
+	/* Memory's summaries (null: invalid) win over etcd's, which win over
+	 * the static sites. Each entry of sites is a shallow copy of its
+	 * own, so top-level keys may be set. */
+	for (size_t k = 0; k < nrefs; k++) {
+		json_t *s = json_copy(refs[k].snap);
+		if (!s) {
+			rv = MER_ENOMEM;
+			goto out;
+		}
+		json_object_set_new(s, "last_heartbeat",
+				    json_integer(refs[k].at));
+		if (!mem_valid(c, refs[k].site, refs[k].snap, s)) {
+			json_decref(s);
+			s = json_null();
+		}
+		json_object_set_new(mem, refs[k].site, s);
+	}
+	pthread_rwlock_rdlock(&b->lock);
+	doc = b->fed_file ? json_copy(b->fed_file) : json_object();
+	pthread_rwlock_unlock(&b->lock);
+	if (!doc) {
+		rv = MER_ENOMEM;
+		goto out;
+	}
+	size_t i;
+	json_array_foreach (json_object_get(doc, "sites"), i, v)
+		json_object_set_new(
+		    sites, json_string_value(json_object_get(v, "name")),
+		    json_copy(v));
+	json_object_foreach (c->copy, name, v)
+		if (!json_is_null(v) && !json_object_get(mem, name))
+			json_object_set_new(sites, name, json_copy(v));
+	json_object_foreach (mem, name, v)
+		if (!json_is_null(v))
+			json_object_set(sites, name, v);
+	annot = annotated_sites(b);
+	json_object_foreach (sites, name, v) {
+		json_t *st = json_object_get(c->status, name);
+		json_t *m = json_object_get(c->members, name);
+		json_t *s = v;
+
+		if (json_is_true(json_object_get(st, "revoked")) ||
+		    json_is_true(json_object_get(m, "revoked")))
+			continue;
+		/* What the broker's stages add is nested: copy it all. */
+		if (json_object_get(annot, name)) {
+			s = json_deep_copy(v);
+			if (!s)
+				continue;
+			mer_placer_annotate_site(b, name, s);
+		} else {
+			json_incref(s);
+		}
+		if (json_is_true(json_object_get(st, "drained")))
+			json_object_set_new(s, "drained", json_true());
+		json_object_del(s, "lost");
+		if (json_is_true(json_object_get(st, "lost")))
+			json_object_set_new(s, "health", json_string("down"));
+		json_array_append_new(arr, s);
+	}
+	json_object_set(doc, "sites", arr);
+	w2 = mono_s() * 1e3;
+	c2 = thread_cpu_ms();
+	err[0] = 0;
+	rv = mer_fed_from_json(doc, NULL, fed, err, errlen);
+	double w3 = mono_s() * 1e3, c3 = thread_cpu_ms();
+	mer_debug("federation snapshot built",
+		  "sites=%zu reported=%zu read_sites=%d read_reports=%d "
+		  "ms=%.1f cpu_ms=%.1f etcd_ms=%.1f/%.1f sites_ms=%.1f/%.1f "
+		  "parse_ms=%.1f/%.1f same=%zu equal=%zu validated=%zu",
+		  json_array_size(arr), nrefs, read_sites, read_copy, w3 - w0,
+		  c3 - c0, w1 - w0, c1 - c0, w2 - w1, c2 - c1, w3 - w2, c3 - c2,
+		  c->same, c->equal, c->validated);
+	goto out;
+out_etcd:
+	rv = MER_EUNREACHABLE;
+	snprintf(err, errlen, "etcd unreachable");
+out:
+	mer_dispatch_report_refs_free(refs, nrefs);
+	json_decref(annot);
+	json_decref(mem);
+	json_decref(doc);
+	json_decref(sites);
+	json_decref(arr);
+	return rv;
+}
+
+/* A fresh snapshot for a round, published as the broker's cached one (as
+ * mer_broker_fed_get does) so that submissions and dry-runs within their
+ * age limit use it too. */
+static int snap_get(struct mer_broker *b, struct snap_cache *c,
+		    struct mer_fed_ref **out, char *err, size_t errlen)
+{
+	struct mer_fed_ref *r, *old;
+	int rv;
+
+	*out = NULL;
+	if (!(r = calloc(1, sizeof(*r))))
+		return MER_ENOMEM;
+	pthread_mutex_lock(&b->fmu);
+	uint64_t gen = b->fed_gen;
+	pthread_mutex_unlock(&b->fmu);
+	r->built_ms = mono_ms();
+	r->refs = 2; /* the cache's and the caller's */
+	r->gen = gen;
+	if ((rv = snap_build(b, c, gen, &r->fed, err, errlen))) {
+		free(r);
+		return rv;
+	}
+	pthread_mutex_lock(&b->fmu);
+	/* One begun before an invalidation may predate the change: the
+	 * round may use it, the cache must not keep it. */
+	if (gen == b->fed_gen) {
+		old = b->fed_cache;
+		b->fed_cache = r;
+	} else {
+		old = r;
+	}
+	pthread_mutex_unlock(&b->fmu);
+	mer_broker_fed_put(old);
+	*out = r;
+	return 0;
+}
+
+static void place_round(struct mer_broker *b, struct snap_cache *sc,
+			char (*ids)[MER_JOB_ID_SIZE], size_t n)
 {
 	struct mer_policy_ref *pr = mer_broker_policy_get(b);
 	struct mer_fed_ref *fr = NULL;
@@ -1117,7 +1487,7 @@ static void place_round(struct mer_broker *b, char (*ids)[MER_JOB_ID_SIZE],
 	int rv;
 
 	/* A fresh snapshot each round: reports and marks change. */
-	rv = mer_broker_fed_get(b, 0, &fr, err, sizeof(err));
+	rv = snap_get(b, sc, &fr, err, sizeof(err));
 	if (rv) {
 		mer_warn("no federation snapshot", "err=%s why=%s",
 			 mer_errname(rv), err);
@@ -1191,6 +1561,7 @@ static void *placer_main(void *arg)
 	struct mer_broker *b = arg;
 	char(*ids)[MER_JOB_ID_SIZE] = NULL;
 	size_t nids = 0, capids = 0;
+	struct snap_cache sc = {0}; /* this thread's only */
 
 	history_load_all(b);
 	replicas_load_all(b);
@@ -1263,11 +1634,12 @@ static void *placer_main(void *arg)
 		mer_debug("placement round", "jobs=%zu retry=%d", nids,
 			  retry_all);
 		if (nids)
-			place_round(b, ids, nids);
+			place_round(b, &sc, ids, nids);
 		pthread_mutex_lock(&b->pmu);
 	}
 	pthread_mutex_unlock(&b->pmu);
 	free(ids);
+	snap_cache_clear(&sc);
 	return NULL;
 }
 

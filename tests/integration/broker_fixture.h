@@ -200,6 +200,67 @@ static inline void bfx_free(struct bfx *f)
 	memset(f, 0, sizeof(*f));
 }
 
+/* ---- etcd history ------------------------------------------------------ */
+
+/* key as it was at revision rev (0: now) into *kv (cleared by the caller
+ * with mer_etcd_kv_clear): MER_ENOTFOUND when it did not exist then. For
+ * checks that two things were written by one txn (same mod_revision) or in
+ * a given order. */
+static inline int bfx_get_at(const struct bfx *f, const char *key, int64_t rev,
+			     struct mer_etcd_kv *kv)
+{
+	struct mer_etcd_range r = {0};
+	int rv = mer_etcd_range_prefix(f->cli, key, strlen(key), NULL, 0, 0,
+				       rev, 0, &r, NULL);
+
+	memset(kv, 0, sizeof(*kv));
+	if (rv == 0)
+		rv = MER_ENOTFOUND;
+	for (size_t i = 0; i < r.n && rv == MER_ENOTFOUND; i++) {
+		if (r.kvs[i].key_len != strlen(key))
+			continue; /* a longer key under the same prefix */
+		*kv = r.kvs[i];
+		memset(&r.kvs[i], 0, sizeof(r.kvs[i]));
+		rv = 0;
+	}
+	mer_etcd_range_clear(&r);
+	return rv;
+}
+
+/* The revision in (from, to] at which key, present at from, was deleted:
+ * the first one where it is absent (it must stay absent up to to), or 0
+ * when it is still there at to. */
+static inline int64_t bfx_deleted_at(const struct bfx *f, const char *key,
+				     int64_t from, int64_t to)
+{
+	struct mer_etcd_kv kv;
+
+	if (bfx_get_at(f, key, to, &kv) == 0) {
+		mer_etcd_kv_clear(&kv);
+		return 0;
+	}
+	while (to - from > 1) {
+		int64_t mid = from + (to - from) / 2;
+		if (bfx_get_at(f, key, mid, &kv) == 0)
+			from = mid;
+		else
+			to = mid;
+		mer_etcd_kv_clear(&kv);
+	}
+	return to;
+}
+
+/* etcd's current revision (0 when it cannot be read). */
+static inline int64_t bfx_revision(const struct bfx *f)
+{
+	struct mer_etcd_status st = {0};
+	struct mer_etcd_kv kv;
+
+	mer_etcd_get(f->cli, "/", 1, &kv, &st);
+	mer_etcd_kv_clear(&kv);
+	return st.revision;
+}
+
 /* ---- client ------------------------------------------------------------ */
 
 struct bres {

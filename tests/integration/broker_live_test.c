@@ -2,7 +2,9 @@
  * What the broker keeps of live work, with a real etcd, the broker and two
  * sim agents: a stage that succeeds at one site leaves its output in
  * "<p>/replicas/<site>/<name>", and a later job reading that name (found
- * nowhere else) is placed next to it, also after a broker restart; GPUs
+ * nowhere else) is placed next to it, also after a broker restart (the
+ * replica and the stage's success were written by one etcd txn, and
+ * revoking the site deletes it); GPUs
  * that earlier rounds' stages hold count against per-model GPU quotas; a
  * preemption victim's cancel survives a broker killed before the agent
  * took it.
@@ -38,8 +40,6 @@ static const char *nz(const char *s)
 {
 	return s ? s : "";
 }
-
-
 
 static int site_reported(const char *name)
 {
@@ -130,6 +130,48 @@ static const char consumer[] =
     "\"kind\": \"generic\", \"resources\": {\"cpu\": 2, \"memory_mb\": "
     "512}, \"duration_s\": 30, \"inputs\": [{\"name\": \"corpus-7\"}]}]}";
 
+static const char *stage_state_in(const json_t *rec, size_t i)
+{
+	return json_string_value(json_object_get(
+	    json_array_get(json_object_get(rec, "stages"), i), "state"));
+}
+
+/*
+ * The replica at key, written at revision rev, and the record saying its
+ * stage succeeded were written by one txn: at rev the record was written
+ * too and says succeeded (as does the job's index entry), and one
+ * revision before neither the replica nor the success was there.
+ */
+static void replica_with_success(const char *id, const char *key, int64_t rev)
+{
+	char jkey[128], ikey[128];
+	struct mer_etcd_kv kv;
+	json_t *rec;
+
+	snprintf(jkey, sizeof(jkey), "/meridian/jobs/%s", id);
+	snprintf(ikey, sizeof(ikey), "/meridian/job-index/acme/%s", id);
+	T_OK(bfx_get_at(&F, jkey, rev, &kv));
+	T_EQ_INT(kv.mod_revision, rev);
+	rec = json_loadb(kv.value, kv.value_len, 0, NULL);
+	mer_etcd_kv_clear(&kv);
+	T_EQ_STR(nz(stage_state_in(rec, 0)), "succeeded");
+	json_decref(rec);
+	T_OK(bfx_get_at(&F, ikey, rev, &kv));
+	T_EQ_INT(kv.mod_revision, rev);
+	rec = json_loadb(kv.value, kv.value_len, 0, NULL);
+	mer_etcd_kv_clear(&kv);
+	T_EQ_STR(nz(json_string_value(json_object_get(rec, "state"))),
+		 "succeeded");
+	json_decref(rec);
+
+	T_EQ_INT(bfx_get_at(&F, key, rev - 1, &kv), MER_ENOTFOUND);
+	T_OK(bfx_get_at(&F, jkey, rev - 1, &kv));
+	rec = json_loadb(kv.value, kv.value_len, 0, NULL);
+	mer_etcd_kv_clear(&kv);
+	T_EXPECT(strcmp(nz(stage_state_in(rec, 0)), "succeeded") != 0);
+	json_decref(rec);
+}
+
 static void test_output_becomes_replica(void)
 {
 	char id[64];
@@ -199,15 +241,21 @@ static void test_output_becomes_replica(void)
 	const char key[] = "/meridian/replicas/sim-b/corpus-7";
 	T_OK(mer_etcd_get(F.cli, key, strlen(key), &kv, NULL));
 	json_t *o = json_loadb(kv.value, kv.value_len, 0, NULL);
+	int64_t rev = kv.mod_revision;
 	mer_etcd_kv_clear(&kv);
 	T_ASSERT(o != NULL);
 	T_EXPECT(json_number_value(json_object_get(o, "bytes")) == 4e13);
+	/* the sim agent reports no sizes: the job's is kept */
+	T_EQ_STR(nz(json_string_value(json_object_get(o, "bytes_from"))),
+		 "job");
+	T_EXPECT(json_integer_value(json_object_get(o, "created_at")) > 0);
 	T_EQ_STR(nz(json_string_value(json_object_get(o, "job"))), id);
 	T_EQ_STR(nz(json_string_value(json_object_get(o, "stage"))), "prep");
 	T_EQ_STR(nz(json_string_value(
 		     json_array_get(json_object_get(o, "tags"), 0))),
 		 "t1");
 	json_decref(o);
+	replica_with_success(id, key, rev);
 
 	/* A later job reading it goes where it is, though sim-a is
 	 * cheaper. */
@@ -452,6 +500,49 @@ static void test_preempt_cancel_survives_restart(void)
 	bres_clear(&r);
 }
 
+/* Revoking sim-b deletes the replicas its stages made (corpus-7, from
+ * the first case) in the txn that marks it revoked; another site's, even
+ * one whose name starts the same, stay. */
+static void test_revoked_site_replicas_gone(void)
+{
+	const char pre[] = "/meridian/replicas/sim-b/";
+	const char other[] = "/meridian/replicas/sim-b2/kept";
+	const char mine[] = "/meridian/replicas/sim-b/corpus-7";
+	struct mer_etcd_range rg = {0};
+	struct mer_etcd_kv kv;
+	struct bres r;
+
+	T_ASSERT(F.proc != NULL);
+	T_OK(mer_etcd_get(F.cli, mine, strlen(mine), &kv, NULL));
+	mer_etcd_kv_clear(&kv);
+	T_OK(mer_etcd_put(F.cli, other, strlen(other), "{}", 2, 0, NULL));
+
+	T_OK(bfx_req(&F, "DELETE", "/v1/sites/sim-b", BFX_ADMIN, NULL, NULL,
+		     &r));
+	T_EQ_INT(r.status, 200);
+	bres_clear(&r);
+
+	T_OK(mer_etcd_range_prefix(F.cli, pre, strlen(pre), NULL, 0, 0, 0, 0,
+				   &rg, NULL));
+	T_EQ_INT(rg.n, 0);
+	mer_etcd_range_clear(&rg);
+	T_OK(mer_etcd_get(F.cli, other, strlen(other), &kv, NULL));
+	mer_etcd_kv_clear(&kv);
+	mer_etcd_delete(F.cli, other, strlen(other), NULL, NULL);
+
+	/* Gone in the very txn that says revoked. */
+	const char site[] = "/meridian/sites/sim-b";
+	T_OK(mer_etcd_get(F.cli, site, strlen(site), &kv, NULL));
+	int64_t rev = kv.mod_revision;
+	json_t *o = json_loadb(kv.value, kv.value_len, 0, NULL);
+	mer_etcd_kv_clear(&kv);
+	T_EXPECT(json_is_true(json_object_get(o, "revoked")));
+	json_decref(o);
+	T_OK(bfx_get_at(&F, mine, rev - 1, &kv));
+	mer_etcd_kv_clear(&kv);
+	T_EQ_INT(bfx_get_at(&F, mine, rev, &kv), MER_ENOTFOUND);
+}
+
 static void test_clean_exit(void)
 {
 	T_ASSERT(F.proc != NULL);
@@ -466,6 +557,7 @@ static const struct t_case cases[] = {
     {"output_becomes_replica", test_output_becomes_replica},
     {"gpu_quota_counts_running", test_gpu_quota_counts_running},
     {"preempt_cancel_survives_restart", test_preempt_cancel_survives_restart},
+    {"revoked_site_replicas_gone", test_revoked_site_replicas_gone},
     {"clean_exit", test_clean_exit},
 };
 

@@ -5,7 +5,10 @@
  *    sites.lost_after silent report intervals, the stage is placed again on
  *    the other site and the job succeeds; the dead agent, restarted, is
  *    told to cancel its stale copy and acknowledges it (the entry in the
- *    stage's "stale" list gets cancel_acked);
+ *    stage's "stale" list gets cancel_acked), and the cancel stored in
+ *    "site-stale/<site>" is deleted only after that answer; the same when
+ *    the site returns while the broker is down (killed, then restarted),
+ *    even with that key gone (the record's stale entry is enough);
  *  - an agent that restarts quickly reports its stage lost: the stage is
  *    retried (a new attempt, placed again) and the job succeeds; the
  *    finished stage's runtime is in the learned history in etcd;
@@ -43,8 +46,6 @@ static const char *nz(const char *s)
 {
 	return s ? s : "";
 }
-
-
 
 static int site_reported(const char *name)
 {
@@ -219,6 +220,59 @@ static void test_setup(void)
 	T_ASSERT(site_reported("sim-a") && site_reported("sim-b"));
 }
 
+/*
+ * The site's stored cancel ("site-stale/<site>") is deleted only once the
+ * agent has answered it: the record's stale entry (attempt 1 at site) was
+ * already answered one revision before the key went. rev: a revision at
+ * which the key was there.
+ */
+static void stale_key_outlived_answer(const char *id, const char *site,
+				      int64_t rev)
+{
+	char key[128], jkey[128];
+	struct mer_etcd_kv kv;
+	int64_t gone = 0;
+
+	snprintf(key, sizeof(key), "/meridian/site-stale/%s", site);
+	snprintf(jkey, sizeof(jkey), "/meridian/jobs/%s", id);
+	long long end = t_now_ms() + 10000;
+	while (!(gone = bfx_deleted_at(&F, key, rev, bfx_revision(&F))) &&
+	       t_now_ms() < end)
+		t_sleep_ms(100);
+	T_ASSERT(gone > rev);
+	T_OK(bfx_get_at(&F, jkey, gone - 1, &kv));
+	json_t *rec = json_loadb(kv.value, kv.value_len, 0, NULL);
+	mer_etcd_kv_clear(&kv);
+	json_t *e = json_array_get(json_object_get(stage0(rec), "stale"), 0);
+	T_EQ_STR(nz(json_string_value(json_object_get(e, "site"))), site);
+	T_EQ_INT(ival(e, "attempt"), 1);
+	T_EXPECT(json_is_true(json_object_get(e, "cancel_acked")));
+	json_decref(rec);
+}
+
+/* Waits until the job's first stale copy is cancelled and ended. */
+static int wait_stale_cancelled(const char *id)
+{
+	long long end = t_now_ms() + 30000;
+	while (t_now_ms() < end) {
+		json_t *job = NULL;
+		int ok = 0;
+		if (get_job(id, &job) == 0) {
+			json_t *e = json_array_get(
+			    json_object_get(stage0(job), "stale"), 0);
+			ok = json_is_true(json_object_get(e, "cancel_acked")) &&
+			     strcmp(nz(json_string_value(
+					json_object_get(e, "state"))),
+				    "ended") == 0;
+		}
+		json_decref(job);
+		if (ok)
+			return 0;
+		t_sleep_ms(200);
+	}
+	return MER_ETIMEDOUT;
+}
+
 static void test_killed_agent_stage_replaced(void)
 {
 	char id[64], where[64];
@@ -249,33 +303,97 @@ static void test_killed_agent_stage_replaced(void)
 	json_decref(job);
 
 	/* The dead agent comes back: it is told to cancel its copy, and
-	 * answers; the site is no longer lost. */
+	 * answers; the site is no longer lost, and the stored cancel went
+	 * only after the answer. */
+	int64_t rev = bfx_revision(&F);
 	T_OK(respawn_agent(dead));
-	int cancelled = 0;
-	long long end = t_now_ms() + 30000;
-	while (!cancelled && t_now_ms() < end) {
-		job = NULL;
-		if (get_job(id, &job) == 0) {
-			json_t *e = json_array_get(
-			    json_object_get(stage0(job), "stale"), 0);
-			cancelled =
-			    json_is_true(json_object_get(e, "cancel_acked")) &&
-			    strcmp(nz(json_string_value(
-				       json_object_get(e, "state"))),
-				   "ended") == 0;
-		}
-		json_decref(job);
-		if (!cancelled)
-			t_sleep_ms(200);
-	}
-	if (!cancelled)
+	int rv = wait_stale_cancelled(id);
+	if (rv)
 		dump_logs();
-	T_EXPECT(cancelled);
+	T_OK(rv);
+	stale_key_outlived_answer(id, where, rev);
 	T_EQ_INT(site_lost_flag(where), 0);
 	/* the job itself is untouched by the stale copy's end */
 	T_OK(get_job(id, &job));
 	T_EQ_STR(json_string_value(json_object_get(job, "state")), "succeeded");
 	json_decref(job);
+}
+
+/*
+ * A lost site returns while the broker is down: the broker is killed
+ * (SIGKILL) after the site was lost and its copy abandoned, the agent
+ * starts again, then the broker. The restarted broker still tells the
+ * agent to cancel the copy (the stored "site-stale/" entry and the
+ * record's stale entry survive), and the stored cancel goes only once
+ * the agent has answered it. With drop_key, "site-stale/<site>" is
+ * deleted while the broker is down (as a crash between the record's
+ * update and the key's would leave it): the record alone still gets the
+ * cancel sent.
+ */
+static void stale_cancel_restart(int drop_key)
+{
+	char id[64], where[64], key[128], uid[128];
+	struct mer_etcd_kv kv = {0};
+
+	T_ASSERT(F.proc != NULL);
+	for (int i = 0; i < 2; i++)
+		T_ASSERT(agents[i] != NULL);
+	T_OK(submit("lost-restart", id));
+	T_OK(wait_running(id, where, sizeof(where)));
+	int dead = site_index(where);
+	kill(t_proc_pid(agents[dead]), SIGKILL);
+	t_proc_stop(agents[dead], 2000, NULL);
+	agents[dead] = NULL;
+
+	/* Lost, re-placed: the copy's cancel is stored for the site. */
+	snprintf(key, sizeof(key), "/meridian/site-stale/%s", where);
+	snprintf(uid, sizeof(uid), "\"%s/work#1\"", id);
+	int stored = 0;
+	long long end = t_now_ms() + 30000;
+	while (!stored && t_now_ms() < end) {
+		if (mer_etcd_get(F.cli, key, strlen(key), &kv, NULL) == 0)
+			stored = strstr(kv.value, uid) != NULL;
+		mer_etcd_kv_clear(&kv);
+		if (!stored)
+			t_sleep_ms(100);
+	}
+	if (!stored)
+		dump_logs();
+	T_ASSERT(stored);
+	json_t *job = wait_done(id, 90000);
+	T_ASSERT(job != NULL);
+	T_EQ_STR(json_string_value(json_object_get(job, "state")), "succeeded");
+	json_decref(job);
+	int64_t rev = bfx_revision(&F);
+
+	bfx_kill(&F, SIGKILL);
+	if (drop_key)
+		T_OK(mer_etcd_delete(F.cli, key, strlen(key), NULL, NULL));
+	T_OK(respawn_agent(dead));
+	t_sleep_ms(500);
+	T_OK(bfx_spawn(&F));
+
+	int rv = wait_stale_cancelled(id);
+	if (rv)
+		dump_logs();
+	T_OK(rv);
+	if (!drop_key)
+		stale_key_outlived_answer(id, where, rev);
+	T_EQ_INT(site_lost_flag(where), 0);
+	/* the job itself is untouched by the stale copy's end */
+	T_OK(get_job(id, &job));
+	T_EQ_STR(json_string_value(json_object_get(job, "state")), "succeeded");
+	json_decref(job);
+}
+
+static void test_stale_cancel_survives_restart(void)
+{
+	stale_cancel_restart(0);
+}
+
+static void test_stale_cancel_from_record(void)
+{
+	stale_cancel_restart(1);
 }
 
 /* An agent restarted at once: the sim scheduler forgot the stage, so the
@@ -509,6 +627,8 @@ static void test_clean_exit(void)
 static const struct t_case cases[] = {
     {"setup", test_setup},
     {"killed_agent_stage_replaced", test_killed_agent_stage_replaced},
+    {"stale_cancel_survives_restart", test_stale_cancel_survives_restart},
+    {"stale_cancel_from_record", test_stale_cancel_from_record},
     {"lost_stage_retried", test_lost_stage_retried},
     {"preempt_best_effort", test_preempt_best_effort},
     {"timeout_and_retry_limit", test_timeout_and_retry_limit},

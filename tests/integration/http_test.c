@@ -355,6 +355,23 @@ static int h_arg(struct mer_http_req *req, struct mer_http_res *res, void *arg)
 		      (const char *)arg));
 }
 
+/* Tries to smuggle a header in through the content type; records what
+ * mer_http_res_text() said. */
+static int ctype_rv = -1;
+
+static int h_ctype(struct mer_http_req *req, struct mer_http_res *res,
+		   void *arg)
+{
+	int rv;
+
+	(void)req;
+	(void)arg;
+	rv = mer_http_res_text(res, 200, "text/plain\r\nX-Injected: yes", "x",
+			       1);
+	__atomic_store_n(&ctype_rv, rv, __ATOMIC_SEQ_CST);
+	return rv;
+}
+
 static const struct mer_http_route routes[] = {
     {"GET", "/healthz", h_healthz, NULL, 0},
     {"GET", "/metrics", h_metrics, NULL, 0},
@@ -372,6 +389,7 @@ static const struct mer_http_route routes[] = {
     {"GET", "/v1/gate", h_gate, NULL, 0},
     {"GET", "/v1/fail/{code}", h_fail, NULL, 0},
     {"GET", "/v1/arg", h_arg, "route-arg", 0},
+    {"GET", "/v1/ctype", h_ctype, NULL, 0},
 };
 
 /* ---- fixture ---------------------------------------------------------- */
@@ -2212,6 +2230,345 @@ static void test_pipelined_and_head(void)
 	with_server(NULL, body_pipelined);
 }
 
+
+/* ---- tests: review findings (fairness, client gone, lifecycle) -------- */
+
+/*
+ * One connection pipelines instantly answered requests (404s) as fast as
+ * it can and reads the answers as fast as they come: the I/O thread must
+ * still serve everybody else (a per-turn cap), not loop on that one
+ * connection for as long as it keeps sending.
+ */
+struct flood {
+	int fd;
+	int stop;
+	double until;
+	long sent;
+	long got;
+};
+
+static int flood_stopped(struct flood *f)
+{
+	return __atomic_load_n(&f->stop, __ATOMIC_SEQ_CST) || now_s() > f->until;
+}
+
+static void *flood_writer(void *arg)
+{
+	static const char one[] = "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n";
+	struct flood *f = arg;
+	size_t n = (sizeof(one) - 1) * 512;
+	char *batch = malloc(n);
+
+	if (!batch)
+		return NULL;
+	for (size_t i = 0; i < 512; i++)
+		memcpy(batch + i * (sizeof(one) - 1), one, sizeof(one) - 1);
+	while (!flood_stopped(f)) {
+		struct pollfd p = {f->fd, POLLOUT, 0};
+		ssize_t w;
+
+		if (poll(&p, 1, 50) <= 0)
+			continue;
+		w = send(f->fd, batch, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (w < 0 && errno != EAGAIN && errno != EINTR)
+			break;
+		if (w > 0)
+			f->sent += w;
+		/* Keep whole requests: finish a partial batch. */
+		while (w > 0 && (size_t)w < n && !flood_stopped(f)) {
+			ssize_t w2 = send(f->fd, batch + w, n - (size_t)w,
+					  MSG_NOSIGNAL);
+
+			if (w2 <= 0)
+				break;
+			w += w2;
+		}
+	}
+	free(batch);
+	return NULL;
+}
+
+static void *flood_reader(void *arg)
+{
+	struct flood *f = arg;
+	char tmp[65536];
+
+	while (!flood_stopped(f)) {
+		struct pollfd p = {f->fd, POLLIN, 0};
+		ssize_t r;
+
+		if (poll(&p, 1, 50) <= 0)
+			continue;
+		r = recv(f->fd, tmp, sizeof(tmp), MSG_DONTWAIT);
+		if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
+			break;
+		if (r > 0)
+			f->got += r;
+	}
+	return NULL;
+}
+
+static void body_pipeline_flood(struct fx *fx)
+{
+	struct flood f;
+	pthread_t wt, rt;
+	double worst = 0;
+	int ok = 1, served = 0;
+
+	memset(&f, 0, sizeof(f));
+	f.fd = raw_connect(fx->port);
+	T_ASSERT(f.fd >= 0);
+	f.until = now_s() + 3.0;
+	if (pthread_create(&wt, NULL, flood_writer, &f) != 0) {
+		close(f.fd);
+		T_ASSERT(0);
+	}
+	if (pthread_create(&rt, NULL, flood_reader, &f) != 0) {
+		__atomic_store_n(&f.stop, 1, __ATOMIC_SEQ_CST);
+		pthread_join(wt, NULL);
+		close(f.fd);
+		T_ASSERT(0);
+	}
+	sleep_ms(200);
+	for (int i = 0; i < 5 && !flood_stopped(&f); i++) {
+		struct resp r;
+
+		req_simple(fx, "GET", "/healthz", NULL, &r);
+		if (r.status != 200)
+			ok = 0;
+		if (r.secs > worst)
+			worst = r.secs;
+		served++;
+		resp_free(&r);
+	}
+	__atomic_store_n(&f.stop, 1, __ATOMIC_SEQ_CST);
+	pthread_join(wt, NULL);
+	pthread_join(rt, NULL);
+	close(f.fd);
+	/* The flood did flow: answers came back while it ran. */
+	T_EXPECT(f.got > 0);
+	T_EQ_INT(served, 5);
+	T_EXPECT(ok);
+	if (worst > 0.5)
+		t_fail(__FILE__, __LINE__,
+		       "a pipelining connection held the I/O thread: another "
+		       "client waited %.2f s",
+		       worst);
+}
+
+static void test_pipeline_flood_fair(void)
+{
+	with_server(NULL, body_pipeline_flood);
+}
+
+/*
+ * A client that closes its connection while its request waits for a worker
+ * or runs: the server notices at once (the connection is gone from the
+ * stats), a request still queued never reaches its handler, and both are
+ * observed as 499 (the contract in http.h).
+ */
+static void body_client_gone(struct fx *fx)
+{
+	int a, b;
+	double t0;
+
+	gate_reset();
+	a = raw_connect(fx->port);
+	T_ASSERT(a >= 0);
+	raw_send(a, "GET /v1/gate HTTP/1.1\r\nHost: x\r\n\r\n");
+	T_EXPECT(wait_count(&gate_entered, 1, 5000));
+	b = raw_connect(fx->port);
+	if (b < 0) {
+		close(a);
+		T_ASSERT(0);
+	}
+	raw_send(b, "GET /v1/sleep?ms=2000 HTTP/1.1\r\nHost: x\r\n\r\n");
+	T_EXPECT(wait_busy(fx, 1, 1));
+	close(b);
+	close(a);
+	T_EXPECT(wait_conns(fx, 0));
+	t0 = now_s();
+	gate_release();
+	T_EXPECT(seen_wait("GET", "/v1/gate", 499));
+	T_EXPECT(seen_wait("GET", "/v1/sleep", 499));
+	/* The queued sleeper was skipped, not run for 2 s. */
+	T_EXPECT(now_s() - t0 < 1.5);
+	T_EXPECT(!seen_wait("GET", "/v1/gate", 200));
+}
+
+static void test_client_gone_499(void)
+{
+	struct mer_http_config cfg;
+
+	cfg_defaults(&cfg);
+	cfg.workers = 1;
+	cfg.max_queue = 4;
+	with_server(&cfg, body_client_gone);
+}
+
+/*
+ * A connection closed while its handler runs, then a new connection that
+ * very likely gets the same descriptor: the old answer must never be
+ * written to the new client.
+ */
+static void body_fd_reuse(struct fx *fx)
+{
+	char reply[4096];
+	int a, b;
+
+	gate_reset();
+	a = raw_connect(fx->port);
+	T_ASSERT(a >= 0);
+	raw_send(a, "GET /v1/gate HTTP/1.1\r\nHost: x\r\n\r\n");
+	T_EXPECT(wait_count(&gate_entered, 1, 5000));
+	close(a);
+	/* Wait for the server to notice, so the descriptor is free. */
+	wait_conns(fx, 0);
+	b = raw_connect(fx->port);
+	T_ASSERT(b >= 0);
+	raw_send(b, "GET /v1/jobs/b1 HTTP/1.1\r\nHost: x\r\n\r\n");
+	T_EQ_INT(raw_read_for(b, reply, sizeof(reply), 3000, "\"id\":\"b1\""),
+		 2);
+	gate_release();
+	T_EXPECT(wait_count(&gate_returned, 1, 5000));
+	/* Nothing more arrives on b by itself... */
+	T_EQ_INT(raw_read_for(b, reply, sizeof(reply), 300, "HTTP/"), 0);
+	/* ...and its next answer is its own. */
+	raw_send(b, "GET /v1/jobs/b2 HTTP/1.1\r\nHost: x\r\n"
+		    "Connection: close\r\n\r\n");
+	T_EXPECT(raw_read_all(b, reply, sizeof(reply), 3000) == 1);
+	close(b);
+	T_EQ_INT(count_of(reply, "HTTP/1.1 "), 1);
+	T_CONTAINS(reply, "\"id\":\"b2\"");
+	T_EXPECT(strstr(reply, "gate") == NULL);
+}
+
+static void test_fd_reuse_after_close(void)
+{
+	with_server(NULL, body_fd_reuse);
+}
+
+/*
+ * mer_http_server_stop() while workers keep handing answers to the I/O
+ * thread: the stop must never be lost (the I/O thread once consumed the
+ * stop's wake-up while taking finished answers, and slept for ever). A
+ * stop that does not return within 5 s fails the case; the stuck server is
+ * then leaked on purpose (freeing it would hang too).
+ */
+struct spin {
+	pthread_t t;
+	int port;
+	int stop;
+};
+
+static void *spin_main(void *arg)
+{
+	static const char req[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+				  "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+				  "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+				  "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+	struct spin *s = arg;
+	char tmp[8192];
+	int fd = raw_connect(s->port);
+
+	while (fd >= 0 && !__atomic_load_n(&s->stop, __ATOMIC_SEQ_CST)) {
+		struct pollfd p = {fd, POLLIN, 0};
+		ssize_t r;
+
+		if (raw_send(fd, req) != 0)
+			break;
+		if (poll(&p, 1, 100) <= 0)
+			continue;
+		r = recv(fd, tmp, sizeof(tmp), 0);
+		if (r <= 0)
+			break;
+	}
+	if (fd >= 0)
+		close(fd);
+	return NULL;
+}
+
+static void test_stop_races_answers(void)
+{
+	int hung = 0;
+
+	for (int iter = 0; iter < 150 && !hung; iter++) {
+		struct mer_http_config cfg;
+		struct mer_http_server *srv = NULL;
+		struct stopper st;
+		struct spin sp[4];
+		int nsp = 0;
+
+		cfg_defaults(&cfg);
+		cfg.observe = NULL;
+		if (mer_http_server_new(&cfg, &srv, NULL, 0) != 0 ||
+		    mer_http_server_add_routes(
+			srv, routes, sizeof(routes) / sizeof(routes[0])) != 0 ||
+		    mer_http_server_start(srv) != 0) {
+			mer_http_server_free(srv);
+			T_ASSERT(0);
+		}
+		for (int i = 0; i < 4; i++) {
+			memset(&sp[i], 0, sizeof(sp[i]));
+			sp[i].port = mer_http_server_port(srv);
+			if (pthread_create(&sp[i].t, NULL, spin_main, &sp[i]) ==
+			    0)
+				nsp++;
+			else
+				break;
+		}
+		sleep_ms(5 + iter % 7);
+		memset(&st, 0, sizeof(st));
+		pthread_mutex_init(&st.mu, NULL);
+		st.srv = srv;
+		if (pthread_create(&st.t, NULL, stop_main, &st) != 0) {
+			mer_http_server_stop(srv);
+			st.done = 1;
+		} else {
+			for (int w = 0; w < 500 && !stopper_done(&st); w++)
+				sleep_ms(10);
+			if (stopper_done(&st))
+				pthread_join(st.t, NULL);
+			else
+				hung = 1;
+		}
+		for (int i = 0; i < nsp; i++)
+			__atomic_store_n(&sp[i].stop, 1, __ATOMIC_SEQ_CST);
+		for (int i = 0; i < nsp; i++)
+			pthread_join(sp[i].t, NULL);
+		if (hung) {
+			t_fail(__FILE__, __LINE__,
+			       "mer_http_server_stop hung (iteration %d)",
+			       iter);
+			pthread_detach(st.t);
+			return; /* srv leaked: it cannot be freed */
+		}
+		pthread_mutex_destroy(&st.mu);
+		mer_http_server_free(srv);
+	}
+}
+
+/* A content type is a header value too: CR/LF in it must be refused, not
+ * turned into a header of the handler's (or a client's) choosing. */
+static void body_ctype(struct fx *fx)
+{
+	struct resp r;
+	char v[64];
+
+	__atomic_store_n(&ctype_rv, -1, __ATOMIC_SEQ_CST);
+	req_simple(fx, "GET", "/v1/ctype", NULL, &r);
+	T_EQ_INT(r.cc, CURLE_OK);
+	T_EXPECT(resp_header(&r, "X-Injected", v, sizeof(v)) == NULL);
+	T_EQ_INT(__atomic_load_n(&ctype_rv, __ATOMIC_SEQ_CST), MER_EINVAL);
+	T_EQ_INT(r.status, 400);
+	resp_free(&r);
+}
+
+static void test_content_type_injection(void)
+{
+	with_server(NULL, body_ctype);
+}
+
 static const struct t_case cases[] = {
     {"json_echo", test_json_echo},
     {"path_params", test_path_params},
@@ -2239,6 +2596,11 @@ static const struct t_case cases[] = {
     {"max_connections_503", test_max_connections_503},
     {"malformed_requests", test_malformed_requests},
     {"pipelined_and_head", test_pipelined_and_head},
+    {"pipeline_flood_fair", test_pipeline_flood_fair},
+    {"client_gone_499", test_client_gone_499},
+    {"fd_reuse_after_close", test_fd_reuse_after_close},
+    {"stop_races_answers", test_stop_races_answers},
+    {"content_type_injection", test_content_type_injection},
 };
 
 int main(int argc, char **argv)
