@@ -182,11 +182,11 @@ static void note_leader(struct mer_leader *l, const struct mer_etcd_kv *kv)
 	snprintf(l->lead_link, sizeof(l->lead_link), "%s", link ? link : "");
 	l->lead_epoch = kv ? kv->create_revision : 0;
 	pthread_mutex_unlock(&l->mu);
-	json_decref(v);
 	if (changed && kv && !l->leading)
 		mer_info("following", "leader=%s rest=%s epoch=%lld",
 			 id ? id : "?", rest ? rest : "?",
 			 (long long)kv->create_revision);
+	json_decref(v); /* id, rest and link point into it */
 }
 
 /* Starts the leader-only work under the epoch; MER_* when it cannot (the
