@@ -95,6 +95,30 @@ static int bad_request(struct mer_http_res *res, const char *err)
 		   : 0;
 }
 
+/* Percent-encodes a query name or value (RFC 3986 unreserved kept). */
+static int url_escape(const char *s, char *out, size_t n)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t k = 0;
+
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		int plain = isalnum(ch) || ch == '-' || ch == '_' ||
+			    ch == '.' || ch == '~';
+		if (k + (plain ? 1 : 3) >= n)
+			return MER_ETOOBIG;
+		if (plain) {
+			out[k++] = (char)ch;
+		} else {
+			out[k++] = '%';
+			out[k++] = hex[ch >> 4];
+			out[k++] = hex[ch & 15];
+		}
+	}
+	out[k] = 0;
+	return 0;
+}
+
 static int etcd_fail(struct mer_http_res *res, int rv)
 {
 	if (rv == MER_ENOTFOUND)
@@ -1014,8 +1038,21 @@ static int readyz(struct mer_http_req *req, struct mer_http_res *res, void *arg)
 	if (!ok)
 		return mer_http_res_error(res, 503, "not_ready", NULL,
 					  "no policy loaded");
-	return mer_http_res_json_new(res, 200,
-				     json_pack("{s:s}", "status", "ready"));
+	/* Ready means "answers requests": a follower that knows its leader
+	 * is ready too (it serves reads and redirects writes). */
+	struct mer_leader_view v;
+	mer_leader_view(b, &v);
+	if (!v.leading && !v.rest[0]) {
+		mer_http_res_header(res, "Retry-After", "1");
+		return mer_http_res_error(res, 503, "no_leader", NULL,
+					  "no broker leads yet");
+	}
+	return mer_http_res_json_new(
+	    res, 200,
+	    json_pack("{s:s, s:s, s:b, s:I, s:s, s:s, s:s}", "status", "ready",
+		      "role", v.leading ? "leader" : "follower", "leader",
+		      v.leading, "epoch", (json_int_t)v.epoch, "leader_id",
+		      v.id, "leader_rest", v.rest, "leader_link", v.link));
 }
 
 static int metrics(struct mer_http_req *req, struct mer_http_res *res,
@@ -1054,12 +1091,27 @@ static int metrics(struct mer_http_req *req, struct mer_http_res *res,
 			   "Site agents with a live link session.");
 	size_t nsites = 0;
 	struct mer_link_stats ls = {0};
-	if (b->link) {
+	int64_t epoch = 0;
+	int leading = mer_leader_enter(b, &epoch);
+	if (leading && b->link) {
 		char **names = NULL;
 		if (mer_link_server_sites(b->link, &names, &nsites) == 0)
 			mer_link_names_free(names, nsites);
 		mer_link_server_get_stats(b->link, &ls);
 	}
+	if (leading)
+		mer_leader_leave(b);
+	mer_metrics_header(f, "meridian_leader", "gauge",
+			   "1 while this broker is the leader.");
+	mer_metrics_sample(f, "meridian_leader", "", leading);
+	mer_metrics_header(f, "meridian_leader_epoch", "gauge",
+			   "The leader term this broker holds (0: none).");
+	mer_metrics_sample(f, "meridian_leader_epoch", "",
+			   leading ? (double)epoch : 0);
+	mer_metrics_header(f, "meridian_fenced_writes_total", "counter",
+			   "etcd writes refused by the leader fence.");
+	mer_metrics_sample(f, "meridian_fenced_writes_total", "",
+			   (double)mer_etcd_fenced_count(b->etcd));
 	mer_metrics_sample(f, "meridian_agents_connected", "", (double)nsites);
 	mer_metrics_header(f, "meridian_link_rejected_total", "counter",
 			   "Link messages dropped, by reason.");
@@ -1077,26 +1129,90 @@ static int metrics(struct mer_http_req *req, struct mer_http_res *res,
 	return rv;
 }
 
+/* ---- leader only ------------------------------------------------------- */
+
+/* A follower's answer to a write: 307 to the leader's REST URL with the
+ * same path and query (the client repeats the request there), or 503
+ * when no leader is known (docs/api.yaml). */
+static int not_leader(struct mer_broker *b, struct mer_http_req *req,
+		      struct mer_http_res *res)
+{
+	struct mer_leader_view v;
+	char url[2048], q[1024] = "";
+	size_t off = 0;
+
+	mer_leader_view(b, &v);
+	if (v.leading || !v.rest[0]) {
+		mer_http_res_header(res, "Retry-After", "1");
+		return mer_http_res_error(res, 503, "no_leader", NULL,
+					  "no broker leads right now; retry");
+	}
+	for (size_t i = 0; i < mer_http_req_query_count(req); i++) {
+		const char *name, *value;
+		char en[256], ev[512];
+		if (mer_http_req_query_at(req, i, &name, &value) != 0 ||
+		    url_escape(name, en, sizeof(en)) != 0 ||
+		    url_escape(value ? value : "", ev, sizeof(ev)) != 0)
+			continue;
+		int w = snprintf(q + off, sizeof(q) - off, "%c%s=%s",
+				 off ? '&' : '?', en, ev);
+		if (w < 0 || (size_t)w >= sizeof(q) - off)
+			break;
+		off += (size_t)w;
+	}
+	snprintf(url, sizeof(url), "%s%s%s", v.rest, mer_http_req_path(req), q);
+	mer_http_res_header(res, "Location", url);
+	return mer_http_res_json_new(
+	    res, 307,
+	    json_pack("{s:s, s:s, s:s}", "error", "not_leader", "leader",
+		      v.rest, "message",
+		      "this broker is a follower: send writes to the leader"));
+}
+
+/* Write routes run only on the leader, with its role held so that a
+ * step-down waits for them (and their writes are fenced anyway). */
+struct gate {
+	mer_http_handler_fn fn;
+};
+
+static int leader_only(struct mer_http_req *req, struct mer_http_res *res,
+		       void *arg)
+{
+	const struct gate *g = arg;
+	struct mer_broker *b = mer_http_req_server_arg(req);
+	int rv;
+
+	if (!mer_leader_enter(b, NULL))
+		return not_leader(b, req, res);
+	rv = g->fn(req, res, b);
+	mer_leader_leave(b);
+	return rv;
+}
+
 int mer_api_register(struct mer_broker *b)
 {
+	static struct gate g_post_job = {post_job}, g_cancel = {cancel_job},
+			   g_revoke = {revoke_site}, g_drain = {drain_site},
+			   g_undrain = {undrain_site}, g_token = {post_token},
+			   g_policy = {put_policy};
 	const struct mer_http_route routes[] = {
 	    {"GET", "/healthz", healthz, b, 0},
 	    {"GET", "/readyz", readyz, b, 0},
 	    {"GET", "/metrics", metrics, b, 0},
-	    {"POST", "/v1/jobs", post_job, b, MER_HTTP_JSON_BODY},
+	    {"POST", "/v1/jobs", leader_only, &g_post_job, MER_HTTP_JSON_BODY},
 	    {"GET", "/v1/jobs", list_jobs, b, 0},
 	    {"GET", "/v1/jobs/{id}", get_job, b, 0},
-	    {"DELETE", "/v1/jobs/{id}", cancel_job, b, 0},
+	    {"DELETE", "/v1/jobs/{id}", leader_only, &g_cancel, 0},
 	    {"GET", "/v1/jobs/{id}/placement", get_placement, b, 0},
 	    {"POST", "/v1/placements:dry-run", dry_run, b, MER_HTTP_JSON_BODY},
 	    {"GET", "/v1/sites", list_sites, b, 0},
 	    {"GET", "/v1/sites/{name}", get_site, b, 0},
-	    {"DELETE", "/v1/sites/{name}", revoke_site, b, 0},
-	    {"POST", "/v1/sites/{name}:drain", drain_site, b, 0},
-	    {"POST", "/v1/sites/{name}:undrain", undrain_site, b, 0},
-	    {"POST", "/v1/tokens", post_token, b, MER_HTTP_JSON_BODY},
+	    {"DELETE", "/v1/sites/{name}", leader_only, &g_revoke, 0},
+	    {"POST", "/v1/sites/{name}:drain", leader_only, &g_drain, 0},
+	    {"POST", "/v1/sites/{name}:undrain", leader_only, &g_undrain, 0},
+	    {"POST", "/v1/tokens", leader_only, &g_token, MER_HTTP_JSON_BODY},
 	    {"GET", "/v1/policy", get_policy, b, 0},
-	    {"PUT", "/v1/policy", put_policy, b, MER_HTTP_JSON_BODY},
+	    {"PUT", "/v1/policy", leader_only, &g_policy, MER_HTTP_JSON_BODY},
 	};
 	return mer_http_server_add_routes(b->http, routes,
 					  sizeof(routes) / sizeof(routes[0]));

@@ -201,9 +201,7 @@ out:
 	return rv;
 }
 
-/* At start: the file's policy when it differs from etcd's current one,
- * else etcd's current one, else the built-in default. */
-static int policy_init(struct mer_broker *b, char *err, size_t errlen)
+int mer_broker_policy_load(struct mer_broker *b, char *err, size_t errlen)
 {
 	char key[KEY_MAX];
 	struct mer_etcd_kv kv = {0};
@@ -267,6 +265,14 @@ static int policy_init(struct mer_broker *b, char *err, size_t errlen)
 			rv = mer_broker_policy_apply(b, b->cfg.policy_file,
 						     text, len, "policy_file",
 						     NULL, err, errlen);
+			if (rv == MER_ENOTLEADER) {
+				/* A follower: the file's policy in memory
+				 * (dry-runs), versioned when it leads. */
+				rv = policy_parse(b->cfg.policy_file, text, len,
+						  &p, err, errlen);
+				if (rv == 0)
+					policy_install(b, p);
+			}
 			free(text);
 			return rv;
 		}
@@ -296,6 +302,43 @@ static int policy_init(struct mer_broker *b, char *err, size_t errlen)
 	}
 	policy_install(b, p);
 	return 0;
+}
+
+void mer_broker_policy_follow(struct mer_broker *b)
+{
+	char key[KEY_MAX];
+	struct mer_etcd_kv kv = {0};
+	struct mer_policy_ref *p = NULL, *cur;
+	json_t *ptr, *ver = NULL;
+	char err[256];
+
+	mer_store_key(b->store, key, sizeof(key), "policy/current");
+	if (mer_etcd_get(b->etcd, key, strlen(key), &kv, NULL) != 0)
+		return;
+	ptr = json_loadb(kv.value, kv.value_len, 0, NULL);
+	mer_etcd_kv_clear(&kv);
+	json_int_t n = json_integer_value(json_object_get(ptr, "version"));
+	json_decref(ptr);
+	cur = mer_broker_policy_get(b);
+	int same = cur && cur->version == (int64_t)n;
+	mer_broker_policy_put(b, cur);
+	if (same || n <= 0)
+		return;
+	mer_store_key(b->store, key, sizeof(key), "policy/versions/%010lld",
+		      (long long)n);
+	if (mer_etcd_get(b->etcd, key, strlen(key), &kv, NULL) == 0)
+		ver = json_loadb(kv.value, kv.value_len, 0, NULL);
+	mer_etcd_kv_clear(&kv);
+	char *t = ver ? mer_json_dumps(json_object_get(ver, "policy")) : NULL;
+	if (t && policy_parse("etcd policy", t, strlen(t), &p, err,
+			      sizeof(err)) == 0) {
+		p->version = n;
+		p->applied_at =
+		    json_integer_value(json_object_get(ver, "applied_at"));
+		policy_install(b, p);
+	}
+	free(t);
+	json_decref(ver);
 }
 
 /* ---- federation -------------------------------------------------------- */
@@ -508,6 +551,36 @@ static int load_fed_file(const char *path, json_t **out, char *err,
 	return rv;
 }
 
+int mer_broker_etcd_open(struct mer_broker *b, struct mer_etcd **out, char *err,
+			 size_t errlen)
+{
+	/* endpoints as one comma-separated string */
+	char eps[4096] = "";
+	size_t off = 0;
+	int rv;
+
+	for (size_t i = 0; i < b->cfg.etcd_endpoints.n; i++) {
+		int n = snprintf(eps + off, sizeof(eps) - off, "%s%s",
+				 i ? "," : "", b->cfg.etcd_endpoints.v[i]);
+		if (n < 0 || (size_t)n >= sizeof(eps) - off) {
+			snprintf(err, errlen, "etcd.endpoints: too long");
+			return MER_EINVAL;
+		}
+		off += (size_t)n;
+	}
+	struct mer_etcd_opts eo = {.endpoints = eps,
+				   .request_timeout_ms =
+				       (long)b->cfg.etcd_timeout_ms,
+				   .ca_file = b->cfg.etcd_ca_file,
+				   .cert_file = b->cfg.etcd_cert_file,
+				   .key_file = b->cfg.etcd_key_file,
+				   .pool_size = 32};
+	rv = mer_etcd_open(&eo, out);
+	if (rv)
+		snprintf(err, errlen, "etcd.endpoints: %s", mer_strerror(rv));
+	return rv;
+}
+
 int mer_broker_new(const char *cfg_path, struct mer_broker **out, char *err,
 		   size_t errlen)
 {
@@ -519,6 +592,16 @@ int mer_broker_new(const char *cfg_path, struct mer_broker **out, char *err,
 	if (!b)
 		return MER_ENOMEM;
 	pthread_rwlock_init(&b->lock, NULL);
+	{
+		/* Writers first: a step-down must not wait behind a
+		 * stream of REST writes. */
+		pthread_rwlockattr_t ra;
+		pthread_rwlockattr_init(&ra);
+		pthread_rwlockattr_setkind_np(
+		    &ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+		pthread_rwlock_init(&b->role, &ra);
+		pthread_rwlockattr_destroy(&ra);
+	}
 	pthread_mutex_init(&b->pmu, NULL);
 	pthread_mutex_init(&b->fmu, NULL);
 	pthread_cond_init(&b->pcv, NULL);
@@ -552,36 +635,10 @@ int mer_broker_new(const char *cfg_path, struct mer_broker **out, char *err,
 			mer_info("broker key created", "file=%s fingerprint=%s",
 				 b->cfg.key_file, b->key_fp);
 	}
-	{
-		/* endpoints as one comma-separated string */
-		char eps[4096] = "";
-		size_t off = 0;
-		for (size_t i = 0; i < b->cfg.etcd_endpoints.n; i++) {
-			int n =
-			    snprintf(eps + off, sizeof(eps) - off, "%s%s",
-				     i ? "," : "", b->cfg.etcd_endpoints.v[i]);
-			if (n < 0 || (size_t)n >= sizeof(eps) - off) {
-				snprintf(err, errlen,
-					 "etcd.endpoints: too long");
-				rv = MER_EINVAL;
-				goto fail;
-			}
-			off += (size_t)n;
-		}
-		struct mer_etcd_opts eo = {.endpoints = eps,
-					   .request_timeout_ms =
-					       (long)b->cfg.etcd_timeout_ms,
-					   .ca_file = b->cfg.etcd_ca_file,
-					   .cert_file = b->cfg.etcd_cert_file,
-					   .key_file = b->cfg.etcd_key_file,
-					   .pool_size = 32};
-		rv = mer_etcd_open(&eo, &b->etcd);
-		if (rv) {
-			snprintf(err, errlen, "etcd.endpoints: %s",
-				 mer_strerror(rv));
-			goto fail;
-		}
-	}
+	if ((rv = mer_broker_etcd_open(b, &b->etcd, err, errlen)))
+		goto fail;
+	/* No writes until elected (leader.c sets the fence). */
+	mer_etcd_guard_block(b->etcd);
 	if ((rv = mer_metrics_new(&b->metrics)))
 		goto fail;
 	struct mer_store_opts so = {.etcd = b->etcd,
@@ -612,17 +669,13 @@ fail:
 
 int mer_broker_start(struct mer_broker *b, char *err, size_t errlen)
 {
-	int rv = policy_init(b, err, errlen);
+	int rv = mer_broker_policy_load(b, err, errlen);
 
 	if (rv)
 		return rv;
-	/* The link before the placer: resumed jobs may dispatch at once. */
-	if ((rv = mer_dispatch_start(b, err, errlen)))
-		return rv;
-	if ((rv = mer_placer_start(b))) {
-		snprintf(err, errlen, "placer: %s", mer_strerror(rv));
-		return rv;
-	}
+	/* The REST server first (followers serve reads and redirects), then
+	 * the campaign; the leader's work (link, placer, dispatch) starts
+	 * when it is elected (leader.c). */
 	struct mer_http_config hc = {
 	    .url = b->cfg.http_listen,
 	    .tls_cert_file = b->cfg.tls_cert_file,
@@ -651,6 +704,8 @@ int mer_broker_start(struct mer_broker *b, char *err, size_t errlen)
 	}
 	mer_info("broker listening", "url=%s port=%d", b->cfg.http_listen,
 		 mer_http_server_port(b->http));
+	if ((rv = mer_leader_start(b, err, errlen)))
+		return rv;
 	return 0;
 }
 
@@ -679,6 +734,13 @@ int mer_broker_reload(struct mer_broker *b, char *err, size_t errlen)
 				    b, b->cfg.policy_file, d.text, d.len,
 				    "sighup", NULL, err, errlen);
 			mer_json_doc_free(&d);
+			/* A follower: the leader applies policies. */
+			if (rv == MER_ENOTLEADER) {
+				mer_warn("policy file not applied: not the "
+					 "leader",
+					 "file=%s", b->cfg.policy_file);
+				rv = 0;
+			}
 		}
 		if (rv) {
 			mer_tenants_free(t);
@@ -700,6 +762,7 @@ void mer_broker_stop(struct mer_broker *b)
 		return;
 	if (b->http)
 		mer_http_server_stop(b->http);
+	mer_leader_stop(b);
 	mer_placer_stop(b);
 	mer_dispatch_stop(b);
 }
@@ -710,6 +773,7 @@ void mer_broker_free(struct mer_broker *b)
 		return;
 	mer_broker_stop(b);
 	mer_http_server_free(b->http);
+	mer_leader_free(b);
 	mer_store_close(b->store);
 	mer_membership_close(b->members);
 	mer_etcd_close(b->etcd);
@@ -724,6 +788,7 @@ void mer_broker_free(struct mer_broker *b)
 	mer_placer_free_table(b);
 	mer_dispatch_free_watch(b);
 	pthread_rwlock_destroy(&b->lock);
+	pthread_rwlock_destroy(&b->role);
 	mer_broker_fed_put(b->fed_cache);
 	pthread_mutex_destroy(&b->fmu);
 	pthread_mutex_destroy(&b->pmu);

@@ -93,6 +93,12 @@ struct mer_broker {
 	struct site_watch *watch;
 	/* dispatch.c: latest summary per site, flushed to etcd in batches */
 	struct site_reports *reports;
+
+	/* leader.c: the election; role is held for reading by REST writes
+	 * (mer_leader_enter) and for writing while the leader-only work
+	 * (link, placer, dispatch) starts or stops. */
+	struct mer_leader *leader;
+	pthread_rwlock_t role;
 };
 
 /* Loads the config at path and builds a broker (does not listen). err gets
@@ -203,6 +209,54 @@ void mer_dispatch_free_watch(struct mer_broker *b);
  * last_heartbeat = when the broker got it; new reference, maybe empty).
  * Newer than etcd's site-reports/ by up to one flush (~250 ms). */
 json_t *mer_dispatch_reports(struct mer_broker *b);
+
+/* Opens another etcd client with the broker's settings (the election's
+ * own, unfenced one). */
+int mer_broker_etcd_open(struct mer_broker *b, struct mer_etcd **out, char *err,
+			 size_t errlen);
+/*
+ * The policy at start, and again on becoming leader: the policy file's when
+ * it differs from etcd's current one (applied as a new version: leader
+ * only; a follower uses it in memory), else etcd's current one, else the
+ * built-in default.
+ */
+int mer_broker_policy_load(struct mer_broker *b, char *err, size_t errlen);
+/* Followers: takes etcd's current policy when its version changed (the
+ * leader applied one). */
+void mer_broker_policy_follow(struct mer_broker *b);
+
+/*
+ * leader.c: leader election and fencing (docs/STATE.md "Leader"). Each
+ * broker campaigns for "<p>/leader" on an etcd lease; the winner's epoch
+ * is the key's create_revision, every write of b->etcd is fenced by it
+ * (mer_etcd_guard_set), and only the leader runs the link, the placer
+ * and dispatch. A guarded write that fails, a lost lease or a changed key
+ * ends the term: the work stops and the broker campaigns again.
+ */
+int mer_leader_start(struct mer_broker *b, char *err, size_t errlen);
+/* Steps down (stopping the leader's work) and resigns: the key's lease is
+ * revoked so a follower takes over at once. */
+void mer_leader_stop(struct mer_broker *b);
+void mer_leader_free(struct mer_broker *b);
+
+struct mer_leader_view {
+	int leading;   /* this broker leads */
+	int64_t epoch; /* the leader's; 0 when none is known */
+	char id[129];
+	char rest[256]; /* the leader's advertised REST URL; "" = none */
+	char link[256];
+};
+void mer_leader_view(struct mer_broker *b, struct mer_leader_view *v);
+/* For REST writes: 1 when this broker leads, with the role held (call
+ * mer_leader_leave after the write); 0 when it does not (nothing held). */
+int mer_leader_enter(struct mer_broker *b, int64_t *epoch);
+void mer_leader_leave(struct mer_broker *b);
+/* The epoch while leading, else 0 (commands carry it). */
+int64_t mer_leader_epoch(struct mer_broker *b);
+
+/* dispatch.c: forgets the in-memory site liveness and summaries (a
+ * broker that stops leading; the next term starts from etcd). */
+void mer_dispatch_reset(struct mer_broker *b);
 
 /* api.c */
 int mer_api_register(struct mer_broker *b);

@@ -271,6 +271,9 @@ static void send_commands(struct mer_broker *b, const json_t *rec,
 		}
 		if (!cmd)
 			continue;
+		/* Agents refuse commands of an older leader term. */
+		json_object_set_new(cmd, "epoch",
+				    json_integer(mer_leader_epoch(b)));
 		rv = mer_link_server_queue_command(b->link, l[i].site, cmd);
 		if (rv && rv != MER_EEXIST)
 			mer_warn("command not queued",
@@ -533,8 +536,9 @@ static void queue_cancel(struct mer_broker *b, const char *site,
 	if (!b->link)
 		return;
 	snprintf(cid, sizeof(cid), "%s#cancel", uid);
-	cmd = json_pack("{s:s, s:s, s:s}", "id", cid, "type", "cancel",
-			"stage_id", uid);
+	cmd = json_pack("{s:s, s:s, s:s, s:I}", "id", cid, "type", "cancel",
+			"stage_id", uid, "epoch",
+			(json_int_t)mer_leader_epoch(b));
 	if (cmd)
 		mer_link_server_queue_command(b->link, site, cmd);
 	json_decref(cmd);
@@ -783,8 +787,10 @@ static void replicas_note(struct mer_broker *b, const struct replicas *rs,
 	}
 }
 
-static void handle_event(struct mer_broker *b, const char *site,
-			 const json_t *ev, long long retry_limit)
+/* 0, or the store's error (MER_ENOTLEADER: fenced, the agent must send
+ * the event to the leader). */
+static int handle_event(struct mer_broker *b, const char *site,
+			const json_t *ev, long long retry_limit)
 {
 	char job[MER_JOB_ID_SIZE], stage[128];
 	const char *uid = json_string_value(json_object_get(ev, "stage"));
@@ -806,7 +812,7 @@ static void handle_event(struct mer_broker *b, const char *site,
 
 	if (!uid || !c.event ||
 	    parse_uid(uid, job, stage, sizeof(stage), &c.attempt))
-		return;
+		return 0;
 	/* The stage's outputs are stored with the record that says it
 	 * succeeded (event_extra), or not at all. */
 	rv = mer_store_update_ops(b->store, job, mutate_event, event_extra, &c,
@@ -838,6 +844,7 @@ static void handle_event(struct mer_broker *b, const char *site,
 	}
 	json_decref(after);
 	replicas_free(&reps);
+	return rv;
 }
 
 static void stale_add(struct mer_broker *b, const char *site, json_t *uids);
@@ -1639,6 +1646,25 @@ static void reports_free(struct mer_broker *b)
 	b->reports = NULL;
 }
 
+void mer_dispatch_reset(struct mer_broker *b)
+{
+	struct site_reports *r = b->reports;
+
+	if (b->watch) {
+		pthread_mutex_lock(&b->watch->mu);
+		b->watch->n = 0;
+		pthread_mutex_unlock(&b->watch->mu);
+	}
+	if (r) {
+		pthread_mutex_lock(&r->mu);
+		for (size_t i = 0; i < r->n; i++)
+			json_decref(r->e[i].snap);
+		r->n = 0;
+		r->ndirty = 0;
+		pthread_mutex_unlock(&r->mu);
+	}
+}
+
 /* ---- link hooks ------------------------------------------------------------
  */
 
@@ -1715,9 +1741,14 @@ static int hook_report(void *arg, const char *site, json_t *report)
 				}
 				free(e);
 			}
+		int fenced = 0;
 		json_array_foreach (json_object_get(report, "events"), i, ev)
-			handle_event(b, site, ev, limit);
-		return 0;
+			fenced |=
+			    handle_event(b, site, ev, limit) == MER_ENOTLEADER;
+		/* Not acknowledged by a deposed leader: the agent keeps the
+		 * events and takes them to the leader (they are idempotent,
+		 * so those stored already do no harm). */
+		return fenced ? MER_ENOTLEADER : 0;
 	}
 	return 0; /* unknown report types: acknowledged, ignored */
 }

@@ -30,6 +30,20 @@ static const char *check_http_listen(const void *field, const void *cfg,
 	return NULL;
 }
 
+static const char *check_advertise(const void *field, const void *cfg,
+				   char *msg, size_t n)
+{
+	const char *url = *(char *const *)field;
+
+	(void)cfg;
+	(void)msg;
+	(void)n;
+	if (url[0] && strncmp(url, "http://", 7) != 0 &&
+	    strncmp(url, "https://", 8) != 0)
+		return "must start with http:// or https://";
+	return NULL;
+}
+
 static const char *check_prefix(const void *field, const void *cfg, char *msg,
 				size_t n)
 {
@@ -132,6 +146,20 @@ static const struct mer_cfg_row rows[] = {
      .help = "report intervals of silence before a site is lost"},
     {MER_CFG_ROW_STRING("log_level", CFG, log_level, 4, 5, "info"),
      .validate = check_level},
+    {MER_CFG_ROW_STRING("broker.id", CFG, broker_id, 0, 128, ""),
+     .help = "this broker's name in the leader key; unique per broker "
+	     "(empty: advertise.rest)"},
+    {MER_CFG_ROW_STRING("advertise.rest", CFG, advertise_rest, 0, 256, ""),
+     .validate = check_advertise,
+     .help = "REST URL followers redirect writes to while this broker "
+	     "leads (empty: listen.http with its real port)"},
+    {MER_CFG_ROW_STRING("advertise.link", CFG, advertise_link, 0, 256, ""),
+     .help = "agent link address published while this broker leads "
+	     "(empty: listen.link with its real port)"},
+    {MER_CFG_ROW_DURATION("leader.lease_ttl", CFG, leader_ttl_ms, 2000,
+			  60 * 1000, "5s"),
+     .help = "leader lease TTL: how long a crashed leader keeps the "
+	     "role (a stopped one resigns at once)"},
 };
 
 const struct mer_cfg_table mer_broker_cfg_table = MER_CFG_TABLE(CFG, rows);

@@ -44,6 +44,11 @@ struct mer_broker_cfg {
 	int64_t report_interval_ms;
 	int64_t lost_after; /* report intervals */
 	char *log_level;
+	/* Leader election (leader.c, docs/STATE.md "Leader"). */
+	char *broker_id;       /* "" = advertise.rest */
+	char *advertise_rest;  /* "" = listen.http (real port) */
+	char *advertise_link;  /* "" = listen.link (real port) */
+	int64_t leader_ttl_ms; /* the leader lease's TTL */
 };
 
 extern const struct mer_cfg_table mer_broker_cfg_table;

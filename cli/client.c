@@ -163,8 +163,8 @@ int mer_ctl_request(struct mer_ctl_client *c, const char *method,
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
 	curl_easy_setopt(h, CURLOPT_WRITEDATA, &sink);
 	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, cerr);
-	/* Only the broker's own scheme: a redirect must not carry the
-	 * bearer token elsewhere, so none are followed. */
+	/* curl follows nothing itself: the one redirect a broker sends
+	 * (307 from a follower) is handled below. */
 	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(h, CURLOPT_USERAGENT, "meridianctl/1");
@@ -203,6 +203,24 @@ int mer_ctl_request(struct mer_ctl_client *c, const char *method,
 	}
 	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
 	cc = curl_easy_perform(h);
+	/* A follower broker answers writes with 307 to the leader
+	 * (docs/api.yaml): repeated there once, same method, body and
+	 * headers. Only http(s) URLs, and only one hop: the token goes to
+	 * the broker the follower names, never further. */
+	if (cc == CURLE_OK) {
+		char *loc = NULL;
+		curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &a->status);
+		curl_easy_getinfo(h, CURLINFO_REDIRECT_URL, &loc);
+		if (a->status == 307 && loc &&
+		    (strncmp(loc, "http://", 7) == 0 ||
+		     strncmp(loc, "https://", 8) == 0) &&
+		    strlen(loc) < sizeof(url)) {
+			snprintf(url, sizeof(url), "%s", loc);
+			mer_ctl_answer_clear(a);
+			curl_easy_setopt(h, CURLOPT_URL, url);
+			cc = curl_easy_perform(h);
+		}
+	}
 	if (cc != CURLE_OK) {
 		rv = sink.too_big ? MER_ETOOBIG : curl_err(cc);
 		if (sink.too_big)

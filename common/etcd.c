@@ -51,6 +51,27 @@ struct mer_etcd {
 	atomic_uint_fast64_t n_requests;
 	atomic_uint_fast64_t n_connections;
 	atomic_uint_fast64_t n_failovers;
+
+	/* Fencing (mer_etcd_guard_set): every write carries a compare on
+	 * guard_key's create_revision. */
+	pthread_mutex_t guard_mu;
+	int guard_mode;
+	char guard_key[MER_ETCD_GUARD_KEY_MAX];
+	size_t guard_key_len;
+	int64_t guard_rev;
+	mer_etcd_fenced_fn guard_fn;
+	void *guard_arg;
+	atomic_uint_fast64_t n_fenced;
+};
+
+enum { GUARD_OFF = 0, GUARD_ON = 1, GUARD_BLOCK = 2 };
+
+/* One call's copy of the guard (it may change meanwhile). */
+struct guard {
+	int mode;
+	char key[MER_ETCD_GUARD_KEY_MAX];
+	size_t key_len;
+	int64_t rev;
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -353,6 +374,7 @@ int mer_etcd_open(const struct mer_etcd_opts *opts, struct mer_etcd **out)
 	if (!c)
 		return MER_ENOMEM;
 	pthread_mutex_init(&c->pool_mu, NULL);
+	pthread_mutex_init(&c->guard_mu, NULL);
 	if ((rv = parse_endpoints(c, opts->endpoints)) != 0)
 		goto out_close;
 	c->connect_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms
@@ -402,6 +424,7 @@ void mer_etcd_close(struct mer_etcd *c)
 	free(c->cert_file);
 	free(c->key_file);
 	pthread_mutex_destroy(&c->pool_mu);
+	pthread_mutex_destroy(&c->guard_mu);
 	free(c);
 }
 
@@ -643,14 +666,29 @@ out_free:
 
 /* ---- kv ----------------------------------------------------------------- */
 
+static int guarded_single(struct mer_etcd *c, const struct mer_etcd_op *op,
+			  int64_t *deleted, int *done,
+			  struct mer_etcd_status *st);
+
 int mer_etcd_put(struct mer_etcd *c, const void *key, size_t key_len,
 		 const void *value, size_t value_len, int64_t lease,
 		 struct mer_etcd_status *st)
 {
-	json_t *req = json_object(), *resp = NULL;
-	int rv = MER_ENOMEM;
+	struct mer_etcd_op op = {.type = MER_ETCD_OP_PUT,
+				 .key = key,
+				 .key_len = key_len,
+				 .value = value,
+				 .value_len = value_len,
+				 .lease = lease};
+	json_t *req, *resp = NULL;
+	int rv, done;
 
 	status_reset(st);
+	rv = guarded_single(c, &op, NULL, &done, st);
+	if (done)
+		return rv;
+	rv = MER_ENOMEM;
+	req = json_object();
 	if (!req)
 		return MER_ENOMEM;
 	if (set_b64(req, "key", key, key_len) ||
@@ -716,15 +754,24 @@ static int delete_range(struct mer_etcd *c, const void *key, size_t key_len,
 			int prefix, int64_t *deleted,
 			struct mer_etcd_status *st)
 {
-	json_t *req = json_object(), *resp = NULL;
+	struct mer_etcd_op op = {.type = MER_ETCD_OP_DELETE,
+				 .key = key,
+				 .key_len = key_len,
+				 .prefix = prefix};
+	json_t *req, *resp = NULL;
 	int64_t n = 0;
-	int rv = MER_ENOMEM;
+	int rv, done;
 
 	status_reset(st);
 	if (deleted)
 		*deleted = 0;
+	rv = guarded_single(c, &op, deleted, &done, st);
+	if (done)
+		return rv;
+	req = json_object();
 	if (!req)
 		return MER_ENOMEM;
+	rv = MER_ENOMEM;
 	if (set_key_range(req, key, key_len, prefix))
 		goto out;
 	rv = call(c, "/v3/kv/deleterange", req, 0, &resp, st);
@@ -988,16 +1035,16 @@ void mer_etcd_txn_result_clear(struct mer_etcd_txn_result *r)
 	memset(r, 0, sizeof(*r));
 }
 
-static int parse_txn(const json_t *resp, const struct mer_etcd_op *ops,
-		     size_t n_ops, struct mer_etcd_txn_result *r)
+/* A TxnResponse's branch results (not its header: a nested txn's is
+ * empty). */
+static int parse_txn_body(const json_t *resp, const struct mer_etcd_op *ops,
+			  size_t n_ops, struct mer_etcd_txn_result *r)
 {
 	const json_t *arr = json_object_get(resp, "responses");
 	size_t n = arr ? json_array_size(arr) : 0;
 	int rv;
 
 	r->succeeded = get_bool(resp, "succeeded");
-	if ((rv = header_revision(resp, &r->revision)))
-		return rv;
 	if (arr && !json_is_array(arr))
 		return MER_EPROTO;
 	if (n != n_ops)
@@ -1037,11 +1084,21 @@ static int parse_txn(const json_t *resp, const struct mer_etcd_op *ops,
 	return 0;
 }
 
-int mer_etcd_txn(struct mer_etcd *c, const struct mer_etcd_cmp *cmps,
-		 size_t n_cmps, const struct mer_etcd_op *success,
-		 size_t n_success, const struct mer_etcd_op *failure,
-		 size_t n_failure, struct mer_etcd_txn_result *r,
-		 struct mer_etcd_status *st)
+static int parse_txn(const json_t *resp, const struct mer_etcd_op *ops,
+		     size_t n_ops, struct mer_etcd_txn_result *r)
+{
+	int rv = parse_txn_body(resp, ops, n_ops, r);
+
+	if (rv == 0)
+		rv = header_revision(resp, &r->revision);
+	return rv;
+}
+
+static int txn_plain(struct mer_etcd *c, const struct mer_etcd_cmp *cmps,
+		     size_t n_cmps, const struct mer_etcd_op *success,
+		     size_t n_success, const struct mer_etcd_op *failure,
+		     size_t n_failure, struct mer_etcd_txn_result *r,
+		     struct mer_etcd_status *st)
 {
 	struct mer_etcd_txn_result tmp;
 	json_t *req, *resp = NULL;
@@ -1077,6 +1134,223 @@ out:
 		mer_etcd_txn_result_clear(r);
 	json_decref(resp);
 	json_decref(req);
+	return rv;
+}
+
+/* ---- fencing ------------------------------------------------------------ */
+
+int mer_etcd_guard_set(struct mer_etcd *c, const void *key, size_t key_len,
+		       int64_t create_revision, mer_etcd_fenced_fn fn,
+		       void *arg)
+{
+	if (!key || key_len == 0 || key_len > sizeof(c->guard_key) ||
+	    create_revision <= 0)
+		return MER_EINVAL;
+	pthread_mutex_lock(&c->guard_mu);
+	memcpy(c->guard_key, key, key_len);
+	c->guard_key_len = key_len;
+	c->guard_rev = create_revision;
+	c->guard_fn = fn;
+	c->guard_arg = arg;
+	c->guard_mode = GUARD_ON;
+	pthread_mutex_unlock(&c->guard_mu);
+	return 0;
+}
+
+void mer_etcd_guard_block(struct mer_etcd *c)
+{
+	pthread_mutex_lock(&c->guard_mu);
+	c->guard_mode = GUARD_BLOCK;
+	pthread_mutex_unlock(&c->guard_mu);
+}
+
+void mer_etcd_guard_clear(struct mer_etcd *c)
+{
+	pthread_mutex_lock(&c->guard_mu);
+	c->guard_mode = GUARD_OFF;
+	c->guard_fn = NULL;
+	c->guard_arg = NULL;
+	pthread_mutex_unlock(&c->guard_mu);
+}
+
+uint64_t mer_etcd_fenced_count(const struct mer_etcd *c)
+{
+	return atomic_load(&((struct mer_etcd *)c)->n_fenced);
+}
+
+static int guard_get(struct mer_etcd *c, struct guard *g)
+{
+	pthread_mutex_lock(&c->guard_mu);
+	g->mode = c->guard_mode;
+	if (g->mode == GUARD_ON) {
+		memcpy(g->key, c->guard_key, c->guard_key_len);
+		g->key_len = c->guard_key_len;
+		g->rev = c->guard_rev;
+	}
+	pthread_mutex_unlock(&c->guard_mu);
+	return g->mode;
+}
+
+/* The guard's compare failed: another epoch holds the key (or none does).
+ * The callback runs only while the guard that failed is still the one
+ * set, so a late failure cannot unseat a newer epoch. */
+static int fenced(struct mer_etcd *c, const struct guard *g,
+		  struct mer_etcd_status *st)
+{
+	mer_etcd_fenced_fn fn = NULL;
+	void *arg = NULL;
+
+	atomic_fetch_add(&c->n_fenced, 1);
+	pthread_mutex_lock(&c->guard_mu);
+	if (c->guard_mode == GUARD_ON && c->guard_rev == g->rev) {
+		fn = c->guard_fn;
+		arg = c->guard_arg;
+	}
+	pthread_mutex_unlock(&c->guard_mu);
+	status_msg(st, "fenced: the guard key's create_revision is not %lld",
+		   (long long)g->rev);
+	if (fn)
+		fn(arg, g->rev);
+	return MER_ENOTLEADER;
+}
+
+static int has_write(const struct mer_etcd_op *ops, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (ops[i].type != MER_ETCD_OP_RANGE)
+			return 1;
+	return 0;
+}
+
+/* "if guard then (if cmps then success else failure)": etcd (3.3+) runs
+ * the user's txn nested inside the guard's, so a failed guard is told
+ * apart from the user's own compares failing. */
+static int txn_nested(struct mer_etcd *c, const struct guard *g,
+		      const struct mer_etcd_cmp *cmps, size_t n_cmps,
+		      const struct mer_etcd_op *success, size_t n_success,
+		      const struct mer_etcd_op *failure, size_t n_failure,
+		      struct mer_etcd_txn_result *r, struct mer_etcd_status *st)
+{
+	struct mer_etcd_cmp gc = {.key = g->key,
+				  .key_len = g->key_len,
+				  .target = MER_ETCD_CMP_CREATE_REVISION,
+				  .result = MER_ETCD_CMP_EQUAL,
+				  .number = g->rev};
+	json_t *req = json_object(), *inner = json_object(), *resp = NULL;
+	json_t *arr = json_array(), *wrap = json_object();
+	int rv = MER_ENOMEM;
+
+	if (!req || !inner || !arr || !wrap)
+		goto out;
+	if ((rv = build_cmps(req, &gc, 1)) ||
+	    (rv = build_cmps(inner, cmps, n_cmps)) ||
+	    (rv = build_ops(inner, "success", success, n_success)) ||
+	    (rv = build_ops(inner, "failure", failure, n_failure)))
+		goto out;
+	rv = MER_ENOMEM;
+	if (json_object_set(wrap, "request_txn", inner) ||
+	    json_array_append(arr, wrap) ||
+	    json_object_set(req, "success", arr))
+		goto out;
+	rv = call(c, "/v3/kv/txn", req, 0, &resp, st);
+	if (rv != 0)
+		goto out;
+	if (!get_bool(resp, "succeeded")) {
+		rv = fenced(c, g, st);
+		goto out;
+	}
+	const json_t *in = json_object_get(
+	    json_array_get(json_object_get(resp, "responses"), 0),
+	    "response_txn");
+	int ok = get_bool(in, "succeeded");
+	/* The inner header is empty: the store revision is the outer's. */
+	rv = in ? parse_txn_body(in, ok ? success : failure,
+				 ok ? n_success : n_failure, r)
+		: MER_EPROTO;
+	if (rv == 0)
+		rv = header_revision(resp, &r->revision);
+	if (rv != 0) {
+		mer_etcd_txn_result_clear(r);
+		status_msg(st, "unexpected txn response");
+	}
+out:
+	json_decref(resp);
+	json_decref(wrap);
+	json_decref(arr);
+	json_decref(inner);
+	json_decref(req);
+	return rv;
+}
+
+int mer_etcd_txn(struct mer_etcd *c, const struct mer_etcd_cmp *cmps,
+		 size_t n_cmps, const struct mer_etcd_op *success,
+		 size_t n_success, const struct mer_etcd_op *failure,
+		 size_t n_failure, struct mer_etcd_txn_result *r,
+		 struct mer_etcd_status *st)
+{
+	struct mer_etcd_txn_result tmp;
+	struct guard g;
+	int rv;
+
+	/* Reads are never fenced: followers answer them. */
+	if (guard_get(c, &g) == GUARD_OFF ||
+	    (!has_write(success, n_success) && !has_write(failure, n_failure)))
+		return txn_plain(c, cmps, n_cmps, success, n_success, failure,
+				 n_failure, r, st);
+	if (!r)
+		r = &tmp;
+	memset(r, 0, sizeof(*r));
+	status_reset(st);
+	if ((n_cmps && !cmps) || (n_success && !success) ||
+	    (n_failure && !failure))
+		return MER_EINVAL;
+	if (g.mode == GUARD_BLOCK) {
+		atomic_fetch_add(&c->n_fenced, 1);
+		status_msg(st, "fenced: writes are blocked (not the leader)");
+		return MER_ENOTLEADER;
+	}
+	if (n_cmps == 0) {
+		/* Only the guard can fail: one flat txn. */
+		struct mer_etcd_cmp gc = {.key = g.key,
+					  .key_len = g.key_len,
+					  .target =
+					      MER_ETCD_CMP_CREATE_REVISION,
+					  .result = MER_ETCD_CMP_EQUAL,
+					  .number = g.rev};
+		rv = txn_plain(c, &gc, 1, success, n_success, NULL, 0, r, st);
+		if (rv == 0 && !r->succeeded) {
+			mer_etcd_txn_result_clear(r);
+			rv = fenced(c, &g, st);
+		}
+	} else {
+		rv = txn_nested(c, &g, cmps, n_cmps, success, n_success,
+				failure, n_failure, r, st);
+	}
+	if (r == &tmp)
+		mer_etcd_txn_result_clear(r);
+	return rv;
+}
+
+/* A put or delete with the guard on: one txn. 0 when the guard is off
+ * (*done = 0: the caller does the plain call). */
+static int guarded_single(struct mer_etcd *c, const struct mer_etcd_op *op,
+			  int64_t *deleted, int *done,
+			  struct mer_etcd_status *st)
+{
+	struct mer_etcd_txn_result r;
+	struct guard g;
+	int rv;
+
+	*done = 0;
+	if (guard_get(c, &g) == GUARD_OFF)
+		return 0;
+	*done = 1;
+	rv = mer_etcd_txn(c, NULL, 0, op, 1, NULL, 0, &r, st);
+	if (rv == 0 && st)
+		st->revision = r.revision;
+	if (rv == 0 && deleted)
+		*deleted = r.n ? r.results[0].deleted : 0;
+	mer_etcd_txn_result_clear(&r);
 	return rv;
 }
 

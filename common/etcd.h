@@ -280,6 +280,39 @@ int mer_etcd_txn(struct mer_etcd *c, const struct mer_etcd_cmp *cmps,
 int mer_etcd_compact(struct mer_etcd *c, int64_t revision,
 		     struct mer_etcd_status *st);
 
+/* ---- fencing ---------------------------------------------------------- */
+
+#define MER_ETCD_GUARD_KEY_MAX 512
+
+/* Called (from the thread whose write failed) when the guard's compare
+ * failed: epoch is the create_revision the guard asked for. Must be quick
+ * and must not clear or set the guard itself (hand the news to another
+ * thread). */
+typedef void (*mer_etcd_fenced_fn)(void *arg, int64_t epoch);
+
+/*
+ * Fencing for a leader: from now on every write this client makes (put,
+ * delete, and any txn with a put or delete in a branch; conditional
+ * helpers included) runs only if key's create_revision == create_revision
+ * at the moment etcd applies it. Plain puts and deletes become one txn;
+ * a txn with compares of its own is nested inside the guard's (etcd 3.3+)
+ * so a failed guard is told apart from the caller's compares failing.
+ * A failed guard gives MER_ENOTLEADER (nothing was written) and calls fn.
+ * Reads, leases, watches and compaction are never guarded. key is copied
+ * (at most MER_ETCD_GUARD_KEY_MAX bytes). MER_EINVAL for a bad key or a
+ * create_revision <= 0.
+ */
+int mer_etcd_guard_set(struct mer_etcd *c, const void *key, size_t key_len,
+		       int64_t create_revision, mer_etcd_fenced_fn fn,
+		       void *arg);
+/* Every write fails at once with MER_ENOTLEADER, without asking etcd (a
+ * broker that is not the leader, or is stepping down). Reads still work. */
+void mer_etcd_guard_block(struct mer_etcd *c);
+/* Back to unguarded writes (the default). */
+void mer_etcd_guard_clear(struct mer_etcd *c);
+/* Writes refused by the guard (failed compares and blocked writes). */
+uint64_t mer_etcd_fenced_count(const struct mer_etcd *c);
+
 /* ---- leases ----------------------------------------------------------- */
 
 /* Grants a lease of ttl_s seconds (etcd may round it up: ~2 s minimum).

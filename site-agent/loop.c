@@ -30,6 +30,45 @@ static void sleep_ms(int ms)
 		;
 }
 
+#define MAX_BROKERS 8
+
+/* "tcp://a:7400,tcp://b:7400": the brokers of one federation (they share
+ * its key, so one pin fits all). Splits in place into urls; returns how
+ * many. */
+static size_t split_brokers(char *list, char *urls[MAX_BROKERS])
+{
+	size_t n = 0;
+	char *save = NULL;
+
+	for (char *t = strtok_r(list, ", ", &save); t && n < MAX_BROKERS;
+	     t = strtok_r(NULL, ", ", &save))
+		urls[n++] = t;
+	return n;
+}
+
+/* Another broker may lead now: one that is unreachable, times out or
+ * says it does not lead (PROTOCOL.md "Several brokers"). */
+static int try_next_broker(int rv)
+{
+	return rv == MER_EUNREACHABLE || rv == MER_ETIMEDOUT ||
+	       rv == MER_ENOTLEADER || rv == MER_ECLOSED;
+}
+
+/* Closes c and dials the next broker of the list. */
+static int rotate(struct mer_link_client **c, struct mer_link_client_opts *lo,
+		  char *urls[], size_t n, size_t *at, int why)
+{
+	size_t next = (*at + 1) % n;
+
+	mer_warn("trying another broker", "from=%s to=%s why=%s", urls[*at],
+		 urls[next], mer_errname(why));
+	mer_link_client_close(*c);
+	*c = NULL;
+	*at = next;
+	lo->url = urls[next];
+	return mer_link_client_open(lo, c);
+}
+
 /* The summary without its heartbeat, to tell a change from a tick. */
 static char *summary_key(json_t *s)
 {
@@ -56,6 +95,8 @@ int mer_agent_loop_run(const struct mer_agent_loop_opts *o, char *err,
 	unsigned long seq = 0;
 	int wait = o->poll_wait_ms, rv, backoff = 0;
 	json_t *results = json_array();
+	char *list = NULL, *urls[MAX_BROKERS];
+	size_t nurls = 0, at = 0;
 
 	if (!results)
 		return MER_ENOMEM;
@@ -68,6 +109,9 @@ int mer_agent_loop_run(const struct mer_agent_loop_opts *o, char *err,
 	lo.url = o->broker_url ? o->broker_url : cfg->broker_url;
 	lo.broker_fp = o->broker_fp ? o->broker_fp : cfg->broker_key;
 	lo.key = o->key;
+	if (lo.url && (list = strdup(lo.url)) != NULL)
+		nurls = split_brokers(list, urls);
+	lo.url = nurls ? urls[0] : NULL;
 	if (!lo.url || !*lo.url || !lo.broker_fp || !*lo.broker_fp) {
 		snprintf(err, errlen,
 			 "no broker URL or broker key: set "
@@ -133,6 +177,15 @@ int mer_agent_loop_run(const struct mer_agent_loop_opts *o, char *err,
 			json_decref(rep);
 			if (rv == MER_EREVOKED)
 				goto revoked;
+			if (rv && nurls > 1 && try_next_broker(rv)) {
+				/* Kept until acknowledged: sent again to
+				 * the next broker at once. */
+				json_decref(ev);
+				if ((rv =
+					 rotate(&c, &lo, urls, nurls, &at, rv)))
+					goto out_rotate_failed;
+				continue;
+			}
 			if (rv == 0) {
 				json_t *ids = json_array();
 				json_array_foreach (ev, i, rep)
@@ -155,6 +208,12 @@ int mer_agent_loop_run(const struct mer_agent_loop_opts *o, char *err,
 			goto revoked;
 		if (rv) {
 			json_decref(cmds);
+			if (nurls > 1 && try_next_broker(rv)) {
+				if ((rv =
+					 rotate(&c, &lo, urls, nurls, &at, rv)))
+					goto out_rotate_failed;
+				continue;
+			}
 			sleep_ms(wait < 200 ? wait : 200);
 			continue;
 		}
@@ -170,12 +229,17 @@ int mer_agent_loop_run(const struct mer_agent_loop_opts *o, char *err,
 	rv = 0;
 	mer_link_client_flush(c, 2000);
 	goto out_close_link;
+out_rotate_failed:
+	snprintf(err, errlen, "cannot open the link to %s: %s", lo.url,
+		 mer_strerror(rv));
+	goto out_close_link;
 revoked:
 	snprintf(err, errlen, "the broker revoked this site");
 	mer_error("site revoked; stopping", "site=%s", cfg->name);
 	rv = MER_EREVOKED;
 out_close_link:
 	free(last);
+	free(list);
 	json_decref(results);
 	mer_link_client_close(c);
 	mer_agent_close(a);

@@ -53,6 +53,7 @@ struct mer_agent {
 	json_t *events; /* unacknowledged, persisted */
 	int readonly;	/* --print-summary: never submits, cancels or saves */
 	int lock_fd;	/* flock on "<state_file>.lock", -1 if none */
+	int64_t epoch;	/* highest leader epoch a command carried (saved) */
 };
 
 static long long mono_ms(void)
@@ -255,8 +256,9 @@ static int save_state(struct mer_agent *a)
 	if (!path || !*path || a->readonly)
 		return 0;
 	arr = json_array();
-	root = json_pack("{s:i, s:o, s:O}", "version", STATE_VERSION, "stages",
-			 arr, "events", a->events);
+	root = json_pack("{s:i, s:o, s:O, s:I}", "version", STATE_VERSION,
+			 "stages", arr, "events", a->events, "epoch",
+			 (json_int_t)a->epoch);
 	if (!root)
 		return MER_ENOMEM;
 	for (size_t i = 0; i < a->nh; i++) {
@@ -383,6 +385,8 @@ static int load_state(struct mer_agent *a, char *err, size_t errlen)
 		    json_integer_value(json_object_get(e, "ended_at"));
 	}
 	json_array_extend(a->events, json_object_get(doc.root, "events"));
+	/* Absent in files written before epochs: 0 accepts any. */
+	a->epoch = json_integer_value(json_object_get(doc.root, "epoch"));
 	rv = 0;
 out_free_doc:
 	mer_json_doc_free(&doc);
@@ -1008,7 +1012,32 @@ int mer_agent_command(struct mer_agent *a, const json_t *cmd, json_t **reply)
 	int rv = 0, already = 0;
 
 	*reply = NULL;
-	if (!type) {
+	const json_t *ej = json_object_get(cmd, "epoch");
+	int64_t epoch = json_is_integer(ej) ? json_integer_value(ej) : 0;
+	if (epoch && epoch < a->epoch) {
+		/* A deposed leader's command (PROTOCOL.md: epochs). */
+		rv = MER_ENOTLEADER;
+		snprintf(err, sizeof(err),
+			 "command from leader epoch %lld, older than %lld",
+			 (long long)epoch, (long long)a->epoch);
+		mer_warn("command refused: older leader epoch",
+			 "command=%s epoch=%lld seen=%lld", id ? id : "?",
+			 (long long)epoch, (long long)a->epoch);
+	} else if (epoch > a->epoch) {
+		/* Saved before the command runs, so a restart still
+		 * refuses the older leader. */
+		int64_t old = a->epoch;
+		a->epoch = epoch;
+		if (save_state(a) != 0) {
+			a->epoch = old;
+			rv = MER_EIO;
+			snprintf(err, sizeof(err),
+				 "cannot save the state file");
+		}
+	}
+	if (rv) {
+		/* refused above */
+	} else if (!type) {
 		rv = MER_EINVAL;
 		snprintf(err, sizeof(err), "command without a type");
 	} else if (strcmp(type, "launch") == 0) {

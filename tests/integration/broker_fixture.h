@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "broker/tenants.h"
@@ -38,6 +39,8 @@ struct bfx {
 	int link_port; /* set before bfx_configure for a link; 0: none */
 	char link[64]; /* "tcp://127.0.0.1:PORT" */
 	struct t_proc *proc;
+	int shared_etcd;	 /* etcd belongs to another bfx (a peer) */
+	char agent_brokers[256]; /* agents' "agent.broker"; "" = link */
 };
 
 static const char *bfx_top(void)
@@ -163,6 +166,40 @@ static inline int bfx_start(struct bfx *f, const char *extra)
 	return bfx_start_opts(f, extra, 0);
 }
 
+/*
+ * A second broker for leader election tests: the same etcd and prefix as
+ * f (running), its own temp dir, ports and log, and f's broker key (the
+ * brokers of one federation share it, so agents' pins hold). extra as for
+ * bfx_configure. Waits for its /readyz. Free with bfx_free (f's etcd is
+ * left alone).
+ */
+static inline int bfx_start_peer(struct bfx *p, const struct bfx *f,
+				 const char *extra, int with_link)
+{
+	char from[600], to[600];
+	int rv;
+
+	memset(p, 0, sizeof(*p));
+	p->etcd = f->etcd;
+	p->shared_etcd = 1;
+	if (with_link && (rv = t_free_port(&p->link_port)))
+		return rv;
+	if ((rv = t_tmpdir("broker", &p->dir)))
+		return rv;
+	struct mer_etcd_opts o = {.endpoints = t_etcd_url(f->etcd)};
+	if ((rv = mer_etcd_open(&o, &p->cli)))
+		return rv;
+	if ((rv = bfx_configure(p, extra)))
+		return rv;
+	snprintf(from, sizeof(from), "%s/broker.key", f->dir);
+	snprintf(to, sizeof(to), "%s/broker.key", p->dir);
+	if ((rv = bfx_copy(from, to)))
+		return rv;
+	if (chmod(to, 0600) != 0)
+		return MER_EIO;
+	return bfx_spawn(p);
+}
+
 /* Kills the broker with sig (SIGKILL for a crash) and reaps it. */
 static inline void bfx_kill(struct bfx *f, int sig)
 {
@@ -193,7 +230,8 @@ static inline void bfx_free(struct bfx *f)
 {
 	bfx_kill(f, SIGTERM);
 	mer_etcd_close(f->cli);
-	t_etcd_free(f->etcd);
+	if (!f->shared_etcd)
+		t_etcd_free(f->etcd);
 	if (f->dir && !getenv("MERIDIAN_KEEP_TMP"))
 		t_rmtree(f->dir);
 	free(f->dir);
@@ -443,7 +481,8 @@ static inline int bfx_agent_join(const struct bfx *f, const struct bfx_site *s,
 		 " \"broker_key\": \"%s\", \"report_interval\": \"1s\","
 		 " \"poll_interval\": \"200ms\"}}",
 		 s->name, s->region, sim, s->gpu_price, s->core_price, f->dir,
-		 s->name, f->dir, s->name, f->link, fp);
+		 s->name, f->dir, s->name,
+		 f->agent_brokers[0] ? f->agent_brokers : f->link, fp);
 	if ((rv = bfx_write(cfg, text)))
 		return rv;
 	char *jargv[] = {

@@ -626,6 +626,99 @@ CASE(conditional_helpers)
 	T_OK(mer_etcd_put_if_mod_revision(c, S("cond/a"), S("6"), 0, 0, &st));
 }
 
+static int fenced_calls;
+static int64_t fenced_epoch;
+
+static void on_fenced(void *arg, int64_t epoch)
+{
+	(void)arg;
+	fenced_calls++;
+	fenced_epoch = epoch;
+}
+
+/* The leader fence: every write carries the guard; a lost guard is told
+ * apart from the caller's own compares, writes nothing and calls back. */
+CASE(guard_fences_writes)
+{
+	struct mer_etcd *c = client(), *other = client();
+	struct mer_etcd_status st;
+	struct mer_etcd_kv kv = {0};
+	int64_t deleted = -1;
+
+	T_ASSERT(c != NULL && other != NULL);
+	fenced_calls = 0;
+	T_OK(mer_etcd_create(other, S("fence/leader"), S("me"), 0, &st));
+	int64_t epoch = st.revision;
+	T_OK(mer_etcd_guard_set(c, S("fence/leader"), epoch, on_fenced, NULL));
+	/* While the guard holds, writes go through as before. */
+	T_OK(mer_etcd_put(c, S("fence/a"), S("1"), 0, &st));
+	int64_t rev = st.revision;
+	T_OK(mer_etcd_get(other, S("fence/a"), &kv, NULL));
+	T_EQ_INT(kv.mod_revision, rev);
+	mer_etcd_kv_clear(&kv);
+	T_EQ_INT(mer_etcd_put_if_mod_revision(c, S("fence/a"), S("2"), 0,
+					      rev - 1, &st),
+		 MER_ECOMPARE);
+	T_EQ_INT(mer_etcd_create(c, S("fence/a"), S("2"), 0, &st), MER_EEXIST);
+	T_OK(
+	    mer_etcd_put_if_mod_revision(c, S("fence/a"), S("3"), 0, rev, &st));
+	struct mer_etcd_cmp cmp = {.key = "fence/a",
+				   .key_len = 7,
+				   .target = MER_ETCD_CMP_VALUE,
+				   .result = MER_ETCD_CMP_EQUAL,
+				   .value = "nope",
+				   .value_len = 4};
+	struct mer_etcd_op rd = {
+	    .type = MER_ETCD_OP_RANGE, .key = "fence/a", .key_len = 7};
+	struct mer_etcd_op wr = {.type = MER_ETCD_OP_PUT,
+				 .key = "fence/b",
+				 .key_len = 7,
+				 .value = "x",
+				 .value_len = 1};
+	struct mer_etcd_txn_result r;
+	T_OK(mer_etcd_txn(c, &cmp, 1, &wr, 1, &rd, 1, &r, &st));
+	T_EQ_INT(r.succeeded, 0);
+	T_EQ_INT(r.n, 1);
+	T_EQ_INT(r.n ? (int64_t)r.results[0].range.n : 0, 1);
+	T_EXPECT(r.revision > 0);
+	mer_etcd_txn_result_clear(&r);
+	T_OK(mer_etcd_delete(c, S("fence/a"), &deleted, &st));
+	T_EQ_INT(deleted, 1);
+	T_EQ_INT(fenced_calls, 0);
+
+	/* Another epoch takes the key: every write is refused. */
+	T_OK(mer_etcd_delete(other, S("fence/leader"), NULL, NULL));
+	T_OK(mer_etcd_create(other, S("fence/leader"), S("you"), 0, &st));
+	T_EQ_INT(mer_etcd_put(c, S("fence/c"), S("1"), 0, &st), MER_ENOTLEADER);
+	T_CONTAINS(st.message, "fenced");
+	T_EQ_INT(fenced_calls, 1);
+	T_EQ_INT(fenced_epoch, epoch);
+	T_EQ_INT(mer_etcd_txn(c, &cmp, 1, &wr, 1, &rd, 1, &r, &st),
+		 MER_ENOTLEADER);
+	T_EQ_INT(mer_etcd_create(c, S("fence/d"), S("1"), 0, &st),
+		 MER_ENOTLEADER);
+	T_EQ_INT(mer_etcd_delete_prefix(c, S("fence/"), NULL, &st),
+		 MER_ENOTLEADER);
+	T_EQ_INT(mer_etcd_get(other, S("fence/c"), &kv, NULL), MER_ENOTFOUND);
+	T_EQ_INT(mer_etcd_get(other, S("fence/b"), &kv, NULL), MER_ENOTFOUND);
+	T_EQ_INT(mer_etcd_get(other, S("fence/d"), &kv, NULL), MER_ENOTFOUND);
+	/* Reads are not fenced. */
+	T_OK(mer_etcd_get(c, S("fence/leader"), &kv, NULL));
+	mer_etcd_kv_clear(&kv);
+	T_OK(mer_etcd_txn(c, NULL, 0, &rd, 1, NULL, 0, NULL, NULL));
+	T_EXPECT(mer_etcd_fenced_count(c) >= 4);
+
+	/* Blocked: refused locally; cleared: plain writes again. */
+	mer_etcd_guard_block(c);
+	T_EQ_INT(mer_etcd_put(c, S("fence/e"), S("1"), 0, &st), MER_ENOTLEADER);
+	T_EQ_INT(mer_etcd_get(other, S("fence/e"), &kv, NULL), MER_ENOTFOUND);
+	mer_etcd_guard_clear(c);
+	T_OK(mer_etcd_put(c, S("fence/e"), S("1"), 0, &st));
+	T_EQ_INT(mer_etcd_guard_set(c, S("fence/leader"), 0, NULL, NULL),
+		 MER_EINVAL);
+	T_OK(mer_etcd_delete_prefix(other, S("fence/"), NULL, NULL));
+}
+
 CASE(remote_errors_keep_message)
 {
 	struct mer_etcd *c = client();
@@ -1116,6 +1209,7 @@ static const struct t_case cases[] = {
     {"txn_compares_both_branches", case_txn_compares_both_branches},
     {"txn_hundreds_of_ops", case_txn_hundreds_of_ops},
     {"conditional_helpers", case_conditional_helpers},
+    {"guard_fences_writes", case_guard_fences_writes},
     {"remote_errors_keep_message", case_remote_errors_keep_message},
     {"lease_expiry_deletes_keys", case_lease_expiry_deletes_keys},
     {"lease_keepalive_then_revoke", case_lease_keepalive_then_revoke},

@@ -815,6 +815,65 @@ static void test_big_dataset_and_cache(void)
 	env_free(&e);
 }
 
+/* Leader epochs (PROTOCOL.md): a command of an older epoch is refused with
+ * a clear error, across a restart of the agent; commands without an epoch
+ * (older brokers) are taken. */
+static void test_epoch_refuses_older_leader(void)
+{
+	struct env e;
+	struct mer_agent *a = NULL;
+	json_t *cmd, *reply = NULL;
+	char err[512] = "";
+
+	T_OK(env_setup(&e, NULL));
+	T_OK(mer_agent_open(&e.cfg, &a, err, sizeof(err)));
+	cmd = launch_cmd("e1", "ep/one", 1, 0);
+	json_object_set_new(cmd, "epoch", json_integer(40));
+	T_OK(mer_agent_command(a, cmd, &reply));
+	T_EXPECT(json_is_true(json_object_get(reply, "ok")));
+	json_decref(reply);
+	json_decref(cmd);
+	mer_agent_close(a);
+
+	/* Restarted: the highest epoch comes back from the state file. */
+	a = NULL;
+	T_OK(mer_agent_open(&e.cfg, &a, err, sizeof(err)));
+	cmd = launch_cmd("e2", "ep/two", 1, 0);
+	json_object_set_new(cmd, "epoch", json_integer(39));
+	T_OK(mer_agent_command(a, cmd, &reply));
+	T_EXPECT(json_is_false(json_object_get(reply, "ok")));
+	T_EQ_STR(json_string_value(
+		     json_object_get(json_object_get(reply, "error"), "code")),
+		 "not_leader");
+	T_CONTAINS(json_string_value(json_object_get(
+		       json_object_get(reply, "error"), "message")),
+		   "epoch 39");
+	json_decref(reply);
+	json_decref(cmd);
+	T_EQ_INT(mer_agent_stage_count(a), 1); /* ep/two never ran */
+	cmd = json_pack("{s:s, s:s, s:s, s:i}", "id", "e3", "type", "cancel",
+			"stage_id", "ep/one", "epoch", 12);
+	T_OK(mer_agent_command(a, cmd, &reply));
+	T_EXPECT(json_is_false(json_object_get(reply, "ok")));
+	json_decref(reply);
+	json_decref(cmd);
+	/* The same or a newer epoch, or none at all, is taken. */
+	cmd = launch_cmd("e4", "ep/three", 1, 0);
+	json_object_set_new(cmd, "epoch", json_integer(41));
+	T_OK(mer_agent_command(a, cmd, &reply));
+	T_EXPECT(json_is_true(json_object_get(reply, "ok")));
+	json_decref(reply);
+	json_decref(cmd);
+	cmd = launch_cmd("e5", "ep/four", 1, 0);
+	T_OK(mer_agent_command(a, cmd, &reply));
+	T_EXPECT(json_is_true(json_object_get(reply, "ok")));
+	json_decref(reply);
+	json_decref(cmd);
+	T_EQ_INT(mer_agent_stage_count(a), 3);
+	mer_agent_close(a);
+	env_free(&e);
+}
+
 static const struct t_case cases[] = {
     {"summary_shape_and_fed", test_summary_shape_and_fed},
     {"datasets_present_and_missing", test_datasets_present_and_missing},
@@ -831,6 +890,7 @@ static const struct t_case cases[] = {
     {"queued_not_used_and_unknown_pool", test_queued_not_used_and_unknown_pool},
     {"relaunch_finished", test_relaunch_finished},
     {"big_dataset_and_cache", test_big_dataset_and_cache},
+    {"epoch_refuses_older_leader", test_epoch_refuses_older_leader},
 };
 
 T_MAIN("agent_sim", cases)
