@@ -31,27 +31,63 @@ int mer_jv_fail(struct mer_jv *v, const char *path, const char *fmt, ...)
 	return MER_EINVAL;
 }
 
+/* Appends s to out (n bytes) at *at, cutting it short when full. */
+static void put(char *out, size_t n, size_t *at, const char *s)
+{
+	size_t k = strlen(s);
+
+	if (*at + 1 >= n)
+		return;
+	if (k > n - 1 - *at)
+		k = n - 1 - *at;
+	memcpy(out + *at, s, k);
+	*at += k;
+	out[*at] = '\0';
+}
+
+/*
+ * Paths are built for every member the validators read (so an error can
+ * name it), thousands per submitted job: plain copies here, not snprintf,
+ * which cost a tenth of the broker's time. A path cut short still points
+ * near the fault.
+ */
 void mer_jv_key(char *out, size_t n, const char *parent, const char *key)
 {
 	int plain = key[0] != '\0' && !strpbrk(key, ".[]\"");
+	size_t at = 0;
 
-	int w;
-
-	/* A path cut short still points near the fault; the return values
-	 * are checked only to say that truncation is accepted here. */
-	if (plain)
-		w = snprintf(out, n, "%s%s%s", parent, parent[0] ? "." : "",
-			     key);
-	else
-		w = snprintf(out, n, "%s[\"%s\"]", parent, key);
-	if (w < 0 && n)
-		out[0] = '\0';
+	if (!n)
+		return;
+	out[0] = '\0';
+	put(out, n, &at, parent);
+	if (plain) {
+		if (parent[0])
+			put(out, n, &at, ".");
+		put(out, n, &at, key);
+	} else {
+		put(out, n, &at, "[\"");
+		put(out, n, &at, key);
+		put(out, n, &at, "\"]");
+	}
 }
 
 void mer_jv_idx(char *out, size_t n, const char *parent, size_t i)
 {
-	if (snprintf(out, n, "%s[%zu]", parent, i) < 0 && n)
-		out[0] = '\0';
+	char num[32], *p = num + sizeof(num);
+	size_t at = 0;
+
+	if (!n)
+		return;
+	*--p = '\0';
+	*--p = ']';
+	do {
+		*--p = (char)('0' + i % 10);
+		i /= 10;
+	} while (i);
+	*--p = '[';
+	out[0] = '\0';
+	put(out, n, &at, parent);
+	put(out, n, &at, p);
 }
 
 int mer_jv_object(struct mer_jv *v, const json_t *val, const char *path,
