@@ -57,6 +57,13 @@
 #define HTTP_LINGER_MS 1000u
 #define HTTP_LINGER_BYTES ((size_t)1 << 20)
 #define HTTP_ACCEPT_BATCH 64
+/* Steps (a read, a parsed request, a write) one connection may take per
+ * loop turn before the others get theirs: a client pipelining requests
+ * that are answered at once must not hold the I/O thread. */
+#define HTTP_TURN_STEPS 64u
+/* What a refused connection (max_connections) has sent is read before the
+ * close, but no more than this. */
+#define HTTP_REFUSE_DRAIN ((size_t)64 << 10)
 #define HTTP_UNMATCHED "unmatched"
 
 /* One segment of a route pattern: a literal, or a parameter with an
@@ -138,6 +145,7 @@ struct http_job {
 	struct conn *conn;
 	struct http_job *next;
 	bool cancelled;
+	bool in_queue;	  /* on srv->qhead (under srv->mu) */
 	bool close;	  /* answer with Connection: close, then close */
 	bool keepalive10; /* an HTTP/1.0 client asked for keep-alive */
 	bool is_head;	  /* no body in the answer */
@@ -174,6 +182,7 @@ struct conn {
 	SSL *ssl;
 	enum conn_state state;
 	bool closed;
+	bool ready;	    /* on srv->ready: more to do next loop turn */
 	bool close_after;   /* the answer being written ends the connection */
 	bool fresh;	    /* no request has completed on it yet */
 	uint64_t deadline;  /* of the state, ms on mono_ms(); 0 none */
@@ -185,6 +194,7 @@ struct conn {
 	struct http_job *job; /* in C_BODY, C_WORK */
 	struct conn *prev;
 	struct conn *next;
+	struct conn *rnext; /* on srv->ready */
 };
 
 struct ev_tag {
@@ -226,6 +236,7 @@ struct mer_http_server {
 	/* I/O thread only. */
 	struct conn *conns;
 	struct conn *zombies; /* closed during this loop turn; freed after */
+	struct conn *ready;   /* ran out of steps; run again next turn */
 	uint64_t next_sweep;
 	uint64_t accept_resume; /* out of descriptors: accept again then */
 	uint64_t now;
@@ -481,11 +492,18 @@ int mer_http_res_json_new(struct mer_http_res *res, int status, json_t *body)
 	return rv;
 }
 
+static bool header_text_ok(const char *s, bool is_name);
+
 int mer_http_res_text(struct mer_http_res *res, int status,
 		      const char *content_type, const char *data, size_t len)
 {
-	char *copy = dup_n(data ? data : "", data ? len : 0);
+	char *copy;
 
+	/* The content type is written as a header: CR/LF in it would let
+	 * whoever chose it add headers of their own. */
+	if (content_type && !header_text_ok(content_type, false))
+		return MER_EINVAL;
+	copy = dup_n(data ? data : "", data ? len : 0);
 	if (!copy) {
 		res->oom = true;
 		return MER_ENOMEM;
@@ -1283,6 +1301,7 @@ static const char *job_enqueue(struct http_job *job)
 			srv->qhead = job;
 		srv->qtail = job;
 		srv->queued++;
+		job->in_queue = true;
 		pthread_cond_signal(&srv->work_cv);
 	}
 	pthread_mutex_unlock(&srv->mu);
@@ -1360,6 +1379,7 @@ static void *worker_main(void *arg)
 		if (!srv->qhead)
 			srv->qtail = NULL;
 		srv->queued--;
+		job->in_queue = false;
 		/* The client has gone: nobody would read the answer. */
 		skip = job->cancelled;
 		if (!skip)
@@ -1414,11 +1434,46 @@ static void conn_close(struct conn *c)
 		return;
 	c->closed = true;
 	c->job = NULL;
+	if (c->ready) {
+		struct conn **pp = &srv->ready;
+
+		/* Not found: it is on the list srv_run_ready() is going
+		 * through, which skips closed connections. */
+		while (*pp && *pp != c)
+			pp = &(*pp)->rnext;
+		if (*pp) {
+			*pp = c->rnext;
+			c->ready = false;
+			c->rnext = NULL;
+		}
+	}
 	if (job && c->state == C_WORK) {
+		bool dropped = false;
+
 		pthread_mutex_lock(&srv->mu);
 		job->cancelled = true;
+		/* Still waiting for a worker: give its queue slot back now
+		 * rather than when a worker gets to skip it. */
+		if (job->in_queue) {
+			struct http_job **pp = &srv->qhead, *prev = NULL;
+
+			while (*pp != job) {
+				prev = *pp;
+				pp = &(*pp)->next;
+			}
+			*pp = job->next;
+			if (srv->qtail == job)
+				srv->qtail = prev;
+			srv->queued--;
+			job->in_queue = false;
+			dropped = true;
+		}
 		pthread_mutex_unlock(&srv->mu);
 		job->conn = NULL;
+		if (dropped) {
+			job_observe(job, 499);
+			job_free(job);
+		}
 	} else if (job) {
 		job_observe(job, 499);
 		job_free(job);
@@ -1844,9 +1899,11 @@ static int head_parse(struct mer_http_server *srv, struct http_job *job,
 					return head_refuse(
 					    e, 400, "invalid_request",
 					    "malformed request target");
+			/* Known before the version is checked, so a 505
+			 * is observed with its method. */
+			req->method = line;
 			if (parse_version(sp2 + 1, &hi->minor, e))
 				return MER_EINVAL;
-			req->method = line;
 			hi->target = sp1 + 1;
 			continue;
 		}
@@ -2116,7 +2173,9 @@ static void conn_request(struct conn *c, size_t n)
 		return;
 	}
 	job->body_want = (size_t)hi.length;
-	job->expect = hi.expect != NULL;
+	/* An HTTP/1.0 client cannot parse an interim 100: its expectation
+	 * is ignored (RFC 9110 10.1.1). */
+	job->expect = hi.expect != NULL && hi.minor == 1;
 	if (job->early && job->expect && job->body_want) {
 		/* A client waiting for 100 that we tell no at once will not
 		 * send the body: answer and close. */
@@ -2217,21 +2276,39 @@ static int conn_body(struct conn *c)
 	}
 }
 
+/* Puts c on srv->ready, to run again next loop turn. */
+static void conn_defer(struct conn *c)
+{
+	if (c->ready)
+		return;
+	c->ready = true;
+	c->rnext = c->srv->ready;
+	c->srv->ready = c;
+}
+
 /*
  * Drives c as far as it can go without waiting: handshake, reads, parsing,
  * writes, the next pipelined request. Edge-triggered epoll only reports
  * new readiness, so every state reads or writes until the kernel says
- * EAGAIN, or stops in a state that does not read (C_WORK) and is driven
- * again when the answer comes.
+ * EAGAIN (in C_WORK too, where it only looks for the client going away),
+ * or runs out of its steps for this turn and is put on srv->ready.
  */
 static void conn_run(struct conn *c)
 {
 	struct mer_http_server *srv = c->srv;
+	unsigned steps = 0;
 
 	while (!c->closed) {
 		size_t n;
 		int r;
 
+		/* Out of steps for this turn: edge-triggered epoll will not
+		 * report what is already readable, so come back next turn
+		 * (see srv_run_ready) instead of waiting for an event. */
+		if (++steps > HTTP_TURN_STEPS) {
+			conn_defer(c);
+			return;
+		}
 		switch (c->state) {
 		case C_TLS:
 			ERR_clear_error();
@@ -2292,7 +2369,17 @@ static void conn_run(struct conn *c)
 			conn_dispatch(c, c->job);
 			break;
 		case C_WORK:
-			(void)conn_flush(c);
+			if (conn_flush(c) < 0)
+				return;
+			/* Read on while the handler runs, so a client that
+			 * goes away (end of stream, reset) is noticed now:
+			 * conn_fill closes, the request is cancelled (skipped
+			 * if still queued) and observed as 499. What else
+			 * arrives (a pipelined request) waits in c->in, up to
+			 * the head limit. */
+			r = conn_fill(c, srv->max_header_bytes + 1);
+			if (r == 1)
+				break;
 			return;
 		case C_FLUSH:
 			if (conn_flush(c) != 0)
@@ -2372,11 +2459,15 @@ static void conn_refuse(struct mer_http_server *srv, int fd)
 {
 	if (!srv->tls) {
 		char tmp[4096];
+		size_t drained = 0;
+		ssize_t r;
 
 		/* What the client has sent so far is read so that the close
-		 * is less likely to reset the connection. */
-		while (recv(fd, tmp, sizeof(tmp), MSG_DONTWAIT) > 0)
-			;
+		 * is less likely to reset the connection (bounded: a client
+		 * that keeps sending must not hold the I/O thread). */
+		while (drained < HTTP_REFUSE_DRAIN &&
+		       (r = recv(fd, tmp, sizeof(tmp), MSG_DONTWAIT)) > 0)
+			drained += (size_t)r;
 		(void)send(fd, busy_answer, sizeof(busy_answer) - 1,
 			   MSG_NOSIGNAL | MSG_DONTWAIT);
 		(void)shutdown(fd, SHUT_WR);
@@ -2479,12 +2570,9 @@ static void srv_accept(struct mer_http_server *srv)
 static void srv_take_done(struct mer_http_server *srv)
 {
 	struct http_job *list, *rev = NULL;
-	uint64_t v;
 
-	/* Read the counter before taking the list: a job pushed after the
+	/* The caller has read the eventfd counter: a job pushed after that
 	 * read wakes us again. */
-	if (read(srv->efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
-		mer_warn("http wake read failed", "err=%s", strerror(errno));
 	pthread_mutex_lock(&srv->mu);
 	list = srv->done;
 	srv->done = NULL;
@@ -2509,6 +2597,24 @@ static void srv_take_done(struct mer_http_server *srv)
 		job->conn = NULL;
 		conn_answer(c, job);
 		conn_run(c);
+	}
+}
+
+/* Gives the connections that ran out of steps last turn their next
+ * turn (those that run out again go back on the list for the next). */
+static void srv_run_ready(struct mer_http_server *srv)
+{
+	struct conn *list = srv->ready;
+
+	srv->ready = NULL;
+	while (list) {
+		struct conn *c = list;
+
+		list = c->rnext;
+		c->rnext = NULL;
+		c->ready = false;
+		if (!c->closed)
+			conn_run(c);
 	}
 }
 
@@ -2565,6 +2671,8 @@ static void *io_main(void *arg)
 			timeout = srv->next_sweep <= srv->now
 				      ? 0
 				      : (int)(srv->next_sweep - srv->now);
+		if (srv->ready)
+			timeout = 0;
 		n = epoll_wait(srv->epfd, evs, 64, timeout);
 		if (n < 0 && errno != EINTR) {
 			mer_error("http epoll failed", "err=%s",
@@ -2581,6 +2689,16 @@ static void *io_main(void *arg)
 				continue;
 			}
 			if (tag->kind == EV_WAKE) {
+				uint64_t v;
+
+				/* Consume the wake-up before looking at
+				 * io_quit: stop() sets io_quit before it
+				 * writes, so this read cannot swallow its
+				 * wake-up unseen (and sleep for ever). */
+				if (read(srv->efd, &v, sizeof(v)) < 0 &&
+				    errno != EAGAIN)
+					mer_warn("http wake read failed",
+						 "err=%s", strerror(errno));
 				pthread_mutex_lock(&srv->mu);
 				quit = srv->io_quit;
 				pthread_mutex_unlock(&srv->mu);
@@ -2596,6 +2714,8 @@ static void *io_main(void *arg)
 			else
 				conn_run(c);
 		}
+		if (!quit)
+			srv_run_ready(srv);
 		if (srv->next_sweep && srv->now >= srv->next_sweep)
 			srv_sweep(srv);
 		zombies_free(srv);

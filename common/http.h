@@ -96,8 +96,15 @@
  *    thread, non-blocking, and counts against header_timeout_ms.
  *  - Handlers cannot be interrupted: a handler that never returns holds a
  *    worker for ever, and mer_http_server_stop() waits for it. While a
- *    handler runs its connection is not read, so a client that goes away
- *    meanwhile is noticed when the answer is written (observed as 499).
+ *    request waits for or runs on a worker its connection is still read
+ *    (what arrives is kept, up to max_header_bytes), so a client that
+ *    closes its connection, even only its sending side, is taken as gone
+ *    at once: a request still queued is dropped without running its
+ *    handler, a running handler's answer is discarded; both are observed
+ *    as 499.
+ *  - Fairness: one connection takes a bounded number of steps (reads,
+ *    requests, writes) per turn of the I/O thread, so a client pipelining
+ *    requests that are answered at once (404s) cannot starve the others.
  *  - Paths: matched on the raw (still percent-encoded) path, so an encoded
  *    '/' (%2F) or ':' (%3A) stays inside one segment or parameter; parameter
  *    values are decoded afterwards. The absolute form
@@ -279,8 +286,9 @@ int mer_http_req_query_at(const struct mer_http_req *req, size_t i,
 			  const char **name, const char **value);
 /*
  * A request header by name, case-insensitively ("Authorization",
- * "Idempotency-Key"); the first one when repeated; NULL when absent (or if
- * the client has gone away meanwhile). The value is a copy owned by req.
+ * "Idempotency-Key"); the first one when repeated; NULL when absent. The
+ * value points into req's copy of the request head (valid until the
+ * handler returns).
  */
 const char *mer_http_req_header(struct mer_http_req *req, const char *name);
 /* The raw body (NUL-terminated for convenience; may hold NULs) and its
@@ -304,7 +312,9 @@ int mer_http_res_json(struct mer_http_res *res, int status, json_t *body);
  * NULL is MER_ENOMEM, so the result of json_pack() can go straight in. */
 int mer_http_res_json_new(struct mer_http_res *res, int status, json_t *body);
 /* A non-JSON body (copied), e.g. the Prometheus text of /metrics with
- * content type "text/plain; version=0.0.4; charset=utf-8". */
+ * content type "text/plain; version=0.0.4; charset=utf-8" (NULL: plain
+ * text). MER_EINVAL for a content type with CR, LF or other control
+ * characters (it is sent as a header); MER_ENOMEM. */
 int mer_http_res_text(struct mer_http_res *res, int status,
 		      const char *content_type, const char *data, size_t len);
 /* Status with no body (204, 202...). */

@@ -2230,7 +2230,6 @@ static void test_pipelined_and_head(void)
 	with_server(NULL, body_pipelined);
 }
 
-
 /* ---- tests: review findings (fairness, client gone, lifecycle) -------- */
 
 /*
@@ -2249,7 +2248,8 @@ struct flood {
 
 static int flood_stopped(struct flood *f)
 {
-	return __atomic_load_n(&f->stop, __ATOMIC_SEQ_CST) || now_s() > f->until;
+	return __atomic_load_n(&f->stop, __ATOMIC_SEQ_CST) ||
+	       now_s() > f->until;
 }
 
 static void *flood_writer(void *arg)
@@ -2276,8 +2276,8 @@ static void *flood_writer(void *arg)
 			f->sent += w;
 		/* Keep whole requests: finish a partial batch. */
 		while (w > 0 && (size_t)w < n && !flood_stopped(f)) {
-			ssize_t w2 = send(f->fd, batch + w, n - (size_t)w,
-					  MSG_NOSIGNAL);
+			ssize_t w2 =
+			    send(f->fd, batch + w, n - (size_t)w, MSG_NOSIGNAL);
 
 			if (w2 <= 0)
 				break;
@@ -2569,6 +2569,89 @@ static void test_content_type_injection(void)
 	with_server(NULL, body_ctype);
 }
 
+/*
+ * A request whose client has gone gives its queue slot back at once: with
+ * the only worker held and a queue of one, a client that queued and left
+ * must not make the next client's request a 503.
+ */
+static void body_gone_frees_slot(struct fx *fx)
+{
+	struct bg a, c;
+	int b;
+
+	gate_reset();
+	T_ASSERT(bg_start(&a, fx, "/v1/gate") == 0);
+	T_EXPECT(wait_count(&gate_entered, 1, 5000));
+	b = raw_connect(fx->port);
+	if (b >= 0) {
+		raw_send(b, "GET /v1/jobs/gone HTTP/1.1\r\nHost: x\r\n\r\n");
+		T_EXPECT(wait_busy(fx, 1, 1));
+		close(b);
+	}
+	T_EXPECT(wait_conns(fx, 1));
+	/* Observed as soon as it is dropped, not when a worker frees. */
+	T_EXPECT(seen_wait("GET", "/v1/jobs/{id}", 499));
+	if (bg_start(&c, fx, "/v1/jobs/next") != 0) {
+		gate_release();
+		pthread_join(a.t, NULL);
+		resp_free(&a.r);
+		T_ASSERT(0);
+	}
+	T_EXPECT(wait_busy(fx, 1, 1));
+	gate_release();
+	pthread_join(a.t, NULL);
+	pthread_join(c.t, NULL);
+	T_EQ_INT(a.r.status, 200);
+	T_EQ_INT(c.r.status, 200);
+	T_EQ_STR(jstr(c.r.json, "id"), "next");
+	resp_free(&a.r);
+	resp_free(&c.r);
+}
+
+static void test_gone_client_frees_queue_slot(void)
+{
+	struct mer_http_config cfg;
+
+	cfg_defaults(&cfg);
+	cfg.workers = 1;
+	cfg.max_queue = 1;
+	with_server(&cfg, body_gone_frees_slot);
+}
+
+/*
+ * An HTTP/1.0 request's "Expect: 100-continue" is ignored (RFC 9110
+ * 10.1.1): no interim 100 goes to a client that cannot parse one. And a
+ * 505 is labelled with the method that was read.
+ */
+static void body_http10_expect(struct fx *fx)
+{
+	char reply[4096];
+	int fd = raw_connect(fx->port);
+
+	T_ASSERT(fd >= 0);
+	raw_send(fd, "POST /v1/echo HTTP/1.0\r\nExpect: 100-continue\r\n"
+		     "Content-Length: 2\r\n\r\n");
+	T_EQ_INT(raw_read_for(fd, reply, sizeof(reply), 300, "HTTP/"), 0);
+	raw_send(fd, "{}");
+	T_EXPECT(raw_read_all(fd, reply, sizeof(reply), 3000) == 1);
+	close(fd);
+	T_EXPECT(strncmp(reply, "HTTP/1.1 200 ", 13) == 0);
+	T_EXPECT(strstr(reply, "100 Continue") == NULL);
+
+	fd = raw_connect(fx->port);
+	T_ASSERT(fd >= 0);
+	raw_send(fd, "GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n");
+	T_EXPECT(raw_read_all(fd, reply, sizeof(reply), 3000) == 1);
+	close(fd);
+	T_CONTAINS(reply, "HTTP/1.1 505");
+	T_EXPECT(seen_wait("GET", "unmatched", 505));
+}
+
+static void test_http10_expect_and_labels(void)
+{
+	with_server(NULL, body_http10_expect);
+}
+
 static const struct t_case cases[] = {
     {"json_echo", test_json_echo},
     {"path_params", test_path_params},
@@ -2601,6 +2684,8 @@ static const struct t_case cases[] = {
     {"fd_reuse_after_close", test_fd_reuse_after_close},
     {"stop_races_answers", test_stop_races_answers},
     {"content_type_injection", test_content_type_injection},
+    {"gone_client_frees_queue_slot", test_gone_client_frees_queue_slot},
+    {"http10_expect_and_labels", test_http10_expect_and_labels},
 };
 
 int main(int argc, char **argv)
