@@ -21,7 +21,9 @@
 
 #define KEY_MAX 320
 /* Submissions and dry-runs may use a snapshot this old (the placer always
- * builds a fresh one; API site changes invalidate it). */
+ * builds a fresh one and publishes it; API site changes invalidate it). A
+ * rebuild uses the placer's builder (in-memory summaries, cached site
+ * records), so a submission does not range over etcd's site reports. */
 #define FED_MAX_AGE_MS 1000
 
 static const char *const job_states[] = {
@@ -843,6 +845,9 @@ static int revoke_site(struct mer_http_req *req, struct mer_http_res *res,
 	rv = mer_membership_revoke(b->members, name);
 	if (rv && rv != MER_ENOTFOUND)
 		return etcd_fail(res, rv);
+	/* etcd's copies went with the revoke: the snapshots' too, or a site
+	 * joining again under this name would show them. */
+	mer_placer_replica_forget(b, name);
 	/* Sites that never joined (static, report-only) are cut off from
 	 * placement by the status mark. */
 	if ((rv = mer_broker_site_flag(b, name, "revoked", 1)))

@@ -343,107 +343,6 @@ void mer_broker_policy_follow(struct mer_broker *b)
 
 /* ---- federation -------------------------------------------------------- */
 
-static json_t *range_json(struct mer_broker *b, const char *what)
-{
-	char prefix[KEY_MAX];
-	size_t plen =
-	    mer_store_key(b->store, prefix, sizeof(prefix), "%s/", what);
-	struct mer_etcd_range r = {0};
-	json_t *out = json_object();
-
-	if (!out || mer_etcd_range_prefix(b->etcd, prefix, plen, NULL, 0, 0, 0,
-					  0, &r, NULL) != 0) {
-		json_decref(out);
-		return NULL;
-	}
-	for (size_t i = 0; i < r.n; i++) {
-		json_t *v =
-		    json_loadb(r.kvs[i].value, r.kvs[i].value_len, 0, NULL);
-		if (v)
-			json_object_set_new(out, r.kvs[i].key + plen, v);
-	}
-	mer_etcd_range_clear(&r);
-	return out;
-}
-
-int mer_broker_federation(struct mer_broker *b, struct mer_fed **fed,
-			  json_t **docp, char *err, size_t errlen)
-{
-	json_t *sites = json_object(), *doc = NULL, *arr = json_array();
-	json_t *reports = range_json(b, "site-reports");
-	json_t *status = range_json(b, "site-status");
-	json_t *members = range_json(b, "sites");
-	const char *name;
-	json_t *v;
-	int rv = MER_EUNREACHABLE;
-
-	*fed = NULL;
-	if (docp)
-		*docp = NULL;
-	if (!sites || !arr || !reports || !status || !members) {
-		snprintf(err, errlen, "etcd unreachable");
-		goto out;
-	}
-	/* What arrived is newer than what is flushed to etcd yet. */
-	json_t *mem = mer_dispatch_reports(b);
-	if (mem)
-		json_object_update(reports, mem);
-	json_decref(mem);
-	pthread_rwlock_rdlock(&b->lock);
-	doc = b->fed_file ? json_deep_copy(b->fed_file) : json_object();
-	pthread_rwlock_unlock(&b->lock);
-	if (!doc) {
-		rv = MER_ENOMEM;
-		goto out;
-	}
-	size_t i;
-	json_array_foreach (json_object_get(doc, "sites"), i, v)
-		json_object_set(
-		    sites, json_string_value(json_object_get(v, "name")), v);
-	json_object_foreach (reports, name, v) {
-		/* A report that fails validation is skipped, not fatal: one
-		 * broken agent must not stop placement everywhere. */
-		if (mer_site_validate(v, NULL, err, errlen) != 0) {
-			mer_warn("site report ignored", "site=%s why=%s", name,
-				 err);
-			continue;
-		}
-		json_object_set(sites, name, v);
-	}
-	json_object_foreach (sites, name, v) {
-		json_t *st = json_object_get(status, name);
-		json_t *m = json_object_get(members, name);
-		json_t *s;
-
-		if (json_is_true(json_object_get(st, "revoked")) ||
-		    json_is_true(json_object_get(m, "revoked")))
-			continue;
-		s = json_deep_copy(v);
-		if (!s)
-			continue;
-		if (json_is_true(json_object_get(st, "drained")))
-			json_object_set_new(s, "drained", json_true());
-		mer_placer_annotate_site(b, name, s);
-		json_object_del(s, "lost");
-		if (json_is_true(json_object_get(st, "lost")))
-			json_object_set_new(s, "health", json_string("down"));
-		json_array_append_new(arr, s);
-	}
-	json_object_set(doc, "sites", arr);
-	err[0] = 0;
-	rv = mer_fed_from_json(doc, NULL, fed, err, errlen);
-	if (rv == 0 && docp)
-		*docp = json_incref(doc);
-out:
-	json_decref(doc);
-	json_decref(sites);
-	json_decref(arr);
-	json_decref(reports);
-	json_decref(status);
-	json_decref(members);
-	return rv;
-}
-
 static long long mono_ms(void)
 {
 	struct timespec ts;
@@ -498,7 +397,9 @@ int mer_broker_fed_get(struct mer_broker *b, long max_age_ms,
 	}
 	r->built_ms = now;
 	r->refs = 2; /* the cache's and the caller's */
-	rv = mer_broker_federation(b, &r->fed, NULL, err, errlen);
+	/* The placer's builder: in-memory summaries and cached site records,
+	 * not a range over etcd per rebuild. */
+	rv = mer_placer_snapshot(b, gen, &r->fed, err, errlen);
 	if (rv) {
 		free(r);
 		goto out_unmark;
@@ -604,6 +505,7 @@ int mer_broker_new(const char *cfg_path, struct mer_broker **out, char *err,
 	}
 	pthread_mutex_init(&b->pmu, NULL);
 	pthread_mutex_init(&b->fmu, NULL);
+	pthread_mutex_init(&b->smu, NULL);
 	pthread_cond_init(&b->pcv, NULL);
 	b->cfg_path = strdup(cfg_path);
 	if (!b->cfg_path) {
@@ -790,6 +692,8 @@ void mer_broker_free(struct mer_broker *b)
 	pthread_rwlock_destroy(&b->lock);
 	pthread_rwlock_destroy(&b->role);
 	mer_broker_fed_put(b->fed_cache);
+	mer_placer_snapshot_drop(b);
+	pthread_mutex_destroy(&b->smu);
 	pthread_mutex_destroy(&b->fmu);
 	pthread_mutex_destroy(&b->pmu);
 	pthread_cond_destroy(&b->pcv);

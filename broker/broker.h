@@ -88,6 +88,10 @@ struct mer_broker {
 	struct hist_cache *hist; /* learned history (pmu) */
 	struct rep_table *reps;	 /* outputs stored at sites (pmu) */
 	struct gpu_table *gpus;	 /* GPUs of live stages by model (pmu) */
+	/* the federation snapshot builder's cache (placer.c), shared by
+	 * placement rounds and the API's rebuilds; one build at a time */
+	pthread_mutex_t smu;
+	struct snap_cache *snap;
 
 	/* dispatch.c: when each site last reported, and which are lost */
 	struct site_watch *watch;
@@ -131,17 +135,12 @@ int mer_broker_policy_apply(struct mer_broker *b, const char *name,
 			    int64_t *version, char *err, size_t errlen);
 
 /*
- * The federation as the engine sees it now: static sites, the agents'
- * latest reports, drained and revoked marks. *doc (may be NULL) gets the
- * JSON it was built from (new reference).
- */
-int mer_broker_federation(struct mer_broker *b, struct mer_fed **fed,
-			  json_t **doc, char *err, size_t errlen);
-
-/*
  * The snapshot, rebuilt when the cached one is older than max_age_ms (0:
- * always). Release with mer_broker_fed_put. Site changes made through the
- * API call mer_broker_fed_invalidate so that the next reader rebuilds.
+ * always) by the placer's builder (mer_placer_snapshot: in-memory
+ * summaries, cached site records), and only by one reader at a time when
+ * max_age_ms > 0 (the others take the expired one meanwhile). Release with
+ * mer_broker_fed_put. Site changes made through the API call
+ * mer_broker_fed_invalidate so that the next reader rebuilds.
  */
 int mer_broker_fed_get(struct mer_broker *b, long max_age_ms,
 		       struct mer_fed_ref **out, char *err, size_t errlen);
@@ -175,6 +174,22 @@ void mer_placer_history_note(struct mer_broker *b, const char *tenant,
  * snapshots; a newer one of the same name at the site replaces it. */
 void mer_placer_replica_note(struct mer_broker *b, const char *site,
 			     const json_t *o);
+/* Forgets site's output replicas (a revoke deleted them in etcd), so a
+ * site joining again under that name starts without them. */
+void mer_placer_replica_forget(struct mer_broker *b, const char *site);
+/*
+ * Builds the federation as the engine sees it (static sites, the agents'
+ * summaries from memory over etcd's copy, minus revoked sites, drained
+ * marks, lost sites down, the broker's own stages annotated) from the
+ * broker's snapshot cache (site records read again after an invalidation,
+ * and at least every 10 s). gen: b->fed_gen when the caller began. Builds
+ * run one at a time. mer_broker_fed_get calls it; the placer's rounds
+ * use the same cache.
+ */
+int mer_placer_snapshot(struct mer_broker *b, uint64_t gen,
+			struct mer_fed **fed, char *err, size_t errlen);
+/* Drops that cache (the placer stops: the next term reads etcd anew). */
+void mer_placer_snapshot_drop(struct mer_broker *b);
 /* Writes the jobs/stages-by-state gauges. */
 void mer_placer_render(struct mer_broker *b, FILE *out);
 

@@ -951,12 +951,21 @@ struct watched {
 	long long seen_ms; /* monotonic: last summary, or when first watched */
 	int lost;
 	int checked; /* etcd's lost mark looked at since this broker started */
+	/* The etcd mark (site-status "lost") follows "lost" through one
+	 * writer at a time (lost_mark_sync): */
+	int writing; /* a thread is writing the mark */
+	int dirty;   /* "lost" changed since that write began, or a write
+			failed: etcd may not hold it */
 };
 
 struct site_watch {
 	pthread_mutex_t mu;
 	struct watched *w;
 	size_t n, cap;
+	/* Test hook (MERIDIAN_TEST_LOST_MARK_DELAY_MS): how long a lost
+	 * mark waits before it is written, which opens the window of a
+	 * report racing it wide enough for a test to hit. 0 in use. */
+	long lost_delay_ms;
 };
 
 static long long mono_ms(void)
@@ -966,12 +975,22 @@ static long long mono_ms(void)
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* The entry of site (added when absent); mu held. */
-static struct watched *watch_find(struct site_watch *w, const char *site)
+/* The entry of site, or NULL; mu held. */
+static struct watched *watch_get(struct site_watch *w, const char *site)
 {
 	for (size_t i = 0; i < w->n; i++)
 		if (strcmp(w->w[i].site, site) == 0)
 			return &w->w[i];
+	return NULL;
+}
+
+/* The entry of site (added when absent); mu held. */
+static struct watched *watch_find(struct site_watch *w, const char *site)
+{
+	struct watched *found = watch_get(w, site);
+
+	if (found)
+		return found;
 	if (w->n == w->cap) {
 		size_t nc = w->cap ? 2 * w->cap : 16;
 		void *p = realloc(w->w, nc * sizeof(*w->w));
@@ -1217,6 +1236,64 @@ static void lost_scan_one(void *arg, const json_t *rec)
 }
 
 /*
+ * Writes site's lost mark until etcd holds what memory says ("lost" of its
+ * watch entry). The lost decision (placer thread) and the site's next
+ * report (link thread) race: written by each thread on its own, a report
+ * just as the site is marked lost could be stored before the mark and the
+ * site stay lost for ever while it reports. Here one thread at a time
+ * writes a site's mark; a change made while it writes (dirty) is written
+ * by that same thread after its write, so etcd ends with the last
+ * transition. A failed write stays dirty and mer_dispatch_check_sites
+ * retries it.
+ */
+static void lost_mark_sync(struct mer_broker *b, const char *site)
+{
+	struct site_watch *w = b->watch;
+	struct watched *e;
+
+	pthread_mutex_lock(&w->mu);
+	e = watch_get(w, site);
+	if (!e || e->writing) {
+		if (e)
+			e->dirty = 1;
+		pthread_mutex_unlock(&w->mu);
+		return;
+	}
+	e->writing = 1;
+	do {
+		int want = e->lost, rv;
+		long delay = w->lost_delay_ms;
+		e->dirty = 0;
+		pthread_mutex_unlock(&w->mu);
+		if (want && delay > 0) {
+			struct timespec ts = {delay / 1000,
+					      (delay % 1000) * 1000000L};
+			nanosleep(&ts, NULL);
+		}
+		rv = mer_broker_site_flag(b, site, "lost", want);
+		if (rv)
+			mer_warn(want ? "site lost mark not stored"
+				      : "site lost mark not cleared",
+				 "site=%s err=%s", site, mer_errname(rv));
+		mer_broker_fed_invalidate(b);
+		pthread_mutex_lock(&w->mu);
+		/* entries move when the table grows, and go when the
+		 * term ends (mer_dispatch_reset): look it up again */
+		e = watch_get(w, site);
+		if (e && rv) {
+			/* left to the next check (etcd trouble); stepping
+			 * down ends the retries with the watch table */
+			e->writing = 0;
+			e->dirty = 1;
+			e = NULL;
+		}
+	} while (e && e->dirty);
+	if (e)
+		e->writing = 0;
+	pthread_mutex_unlock(&w->mu);
+}
+
+/*
  * A site fell silent: marked lost (the federation snapshot then calls it
  * down, so nothing new goes there), and the stages it had return to
  * pending. Finding them takes one scan of the jobs, paid once per loss.
@@ -1230,10 +1307,9 @@ static void site_lost(struct mer_broker *b, const char *site)
 
 	mer_warn("site lost", "site=%s silent_ms=%lld", site,
 		 (long long)(b->cfg.lost_after * b->cfg.report_interval_ms));
-	if ((rv = mer_broker_site_flag(b, site, "lost", 1)))
-		mer_warn("site lost mark not stored", "site=%s err=%s", site,
-			 mer_errname(rv));
-	mer_broker_fed_invalidate(b);
+	/* A report since the decision has cleared "lost" already: then
+	 * this writes (or leaves) the site back, never lost. */
+	lost_mark_sync(b, site);
 	if ((rv = mer_store_scan(b->store, lost_scan_one, &ls)))
 		mer_warn("job scan failed", "err=%s", mer_errname(rv));
 	c.uids = json_array();
@@ -1266,13 +1342,8 @@ static void site_lost(struct mer_broker *b, const char *site)
  * taken it sends it again (watch_seen) instead of losing it. */
 static void site_back(struct mer_broker *b, const char *site)
 {
-	int rv;
-
 	mer_info("site back", "site=%s", site);
-	if ((rv = mer_broker_site_flag(b, site, "lost", 0)))
-		mer_warn("site lost mark not cleared", "site=%s err=%s", site,
-			 mer_errname(rv));
-	mer_broker_fed_invalidate(b);
+	lost_mark_sync(b, site);
 	stale_resend(b, site);
 }
 
@@ -1321,8 +1392,9 @@ void mer_dispatch_check_sites(struct mer_broker *b)
 {
 	long long limit = b->cfg.lost_after * b->cfg.report_interval_ms;
 	long long now = mono_ms();
-	char(*lost)[MER_LINK_NAME_MAX] = NULL;
-	size_t n = 0;
+	char(*lost)[MER_LINK_NAME_MAX] = NULL,
+	(*retry)[MER_LINK_NAME_MAX] = NULL;
+	size_t n = 0, nretry = 0;
 
 	if (!b->watch || limit <= 0)
 		return;
@@ -1339,10 +1411,24 @@ void mer_dispatch_check_sites(struct mer_broker *b)
 		e->checked = 1;
 		snprintf(lost[n++], MER_LINK_NAME_MAX, "%s", e->site);
 	}
+	/* Marks a failed write left behind (not being written now). */
+	for (size_t i = 0; i < b->watch->n; i++) {
+		struct watched *e = &b->watch->w[i];
+		if (!e->dirty || e->writing)
+			continue;
+		void *p = realloc(retry, (nretry + 1) * sizeof(*retry));
+		if (!p)
+			break;
+		retry = p;
+		snprintf(retry[nretry++], MER_LINK_NAME_MAX, "%s", e->site);
+	}
 	pthread_mutex_unlock(&b->watch->mu);
 	for (size_t i = 0; i < n; i++)
 		site_lost(b, lost[i]);
+	for (size_t i = 0; i < nretry; i++)
+		lost_mark_sync(b, retry[i]);
 	free(lost);
+	free(retry);
 }
 
 static void reports_free(struct mer_broker *b);
@@ -1676,6 +1762,34 @@ static int hook_check_key(void *arg, const uint8_t pk[MER_KEY_BYTES],
 	return mer_membership_check_key(b->members, pk, site);
 }
 
+/* A site joining again after a revoke (a new token, a new key: an admin
+ * let it back) loses the revoked mark of its status record, which would
+ * keep it out of every snapshot, and starts without outputs: the revoke
+ * deleted them in etcd, and the placer forgets them here as well (a
+ * revoke through another broker reaches this one's memory only so). */
+static void site_readmit(struct mer_broker *b, const char *site)
+{
+	char key[KEY_MAX];
+	struct mer_etcd_kv kv = {0};
+	int revoked = 0, rv;
+
+	if (mer_store_key(b->store, key, sizeof(key), "site-status/%s", site) &&
+	    mer_etcd_get(b->etcd, key, strlen(key), &kv, NULL) == 0) {
+		json_t *o = json_loadb(kv.value, kv.value_len, 0, NULL);
+		revoked = json_is_true(json_object_get(o, "revoked"));
+		json_decref(o);
+	}
+	mer_etcd_kv_clear(&kv);
+	if (!revoked)
+		return;
+	mer_placer_replica_forget(b, site);
+	if ((rv = mer_broker_site_flag(b, site, "revoked", 0)))
+		mer_warn("site revoked mark not cleared", "site=%s err=%s",
+			 site, mer_errname(rv));
+	else
+		mer_info("site readmitted", "site=%s", site);
+}
+
 static int hook_join(void *arg, const char *token,
 		     const uint8_t pk[MER_KEY_BYTES],
 		     char site[MER_LINK_NAME_MAX],
@@ -1686,6 +1800,7 @@ static int hook_join(void *arg, const char *token,
 
 	if (rv == 0) {
 		mer_info("site joined", "site=%s region=%s", site, region);
+		site_readmit(b, site);
 		mer_broker_fed_invalidate(b);
 	}
 	return rv;
@@ -1774,6 +1889,13 @@ int mer_dispatch_start(struct mer_broker *b, char *err, size_t errlen)
 			return MER_ENOMEM;
 		}
 		pthread_mutex_init(&b->watch->mu, NULL);
+		const char *d = getenv("MERIDIAN_TEST_LOST_MARK_DELAY_MS");
+		char *end = NULL;
+		long ms = d ? strtol(d, &end, 10) : 0;
+		if (d && end != d && !*end && ms > 0 && ms <= 60000) {
+			b->watch->lost_delay_ms = ms;
+			mer_warn("test hook: lost marks delayed", "ms=%ld", ms);
+		}
 	}
 	/* Kept in b: the server may hold on to the ops. */
 	b->link_ops = (struct mer_link_server_ops){.check_key = hook_check_key,

@@ -310,6 +310,30 @@ void mer_placer_replica_note(struct mer_broker *b, const char *site,
 	pthread_mutex_unlock(&b->pmu);
 }
 
+void mer_placer_replica_forget(struct mer_broker *b, const char *site)
+{
+	size_t kept = 0, gone = 0;
+
+	pthread_mutex_lock(&b->pmu);
+	for (size_t i = 0; b->reps && i < b->reps->n; i++) {
+		struct rep_entry *e = &b->reps->e[i];
+		if (strcmp(e->site, site) == 0) {
+			json_decref(e->ds);
+			gone++;
+			continue;
+		}
+		if (kept != i)
+			b->reps->e[kept] = *e;
+		kept++;
+	}
+	if (b->reps)
+		b->reps->n = kept;
+	pthread_mutex_unlock(&b->pmu);
+	if (gone)
+		mer_info("output replicas forgotten", "site=%s entries=%zu",
+			 site, gone);
+}
+
 /* Reads "<p>/replicas/<site>/<name>" keys (pages of 500). */
 static void replicas_load_all(struct mer_broker *b)
 {
@@ -1121,8 +1145,10 @@ out:
  * this broker does not know, and every COPY_MAX_AGE_MS. So a round costs
  * no etcd read unless sites changed. A summary found valid is not
  * validated again while it stays the same. Without a link, summaries only
- * come through etcd: everything is read every round, as before. The REST
- * handlers and broker.c's mer_broker_federation do not use this. */
+ * come through etcd: everything is read every round, as before. One
+ * cache per broker (b->snap), shared by the placer's rounds and the
+ * rebuilds of submissions and dry-runs (mer_placer_snapshot), one build
+ * at a time. */
 
 /* Re-read the site records at least this often, for writers outside this
  * process (another broker on the same etcd, an operator's etcdctl). */
@@ -1284,13 +1310,15 @@ static json_t *annotated_sites(struct mer_broker *b)
 }
 
 /*
- * The federation as mer_broker_federation builds it (static sites, then
- * etcd's summaries, then the ones in memory; minus revoked sites, with
- * drained marks, lost sites as health down, the broker's own stages
- * annotated), from the cache c. gen: b->fed_gen when the build started.
+ * The federation as the engine sees it: static sites, then etcd's
+ * summaries, then the ones in memory; minus revoked sites, with drained
+ * marks, lost sites as health down, the broker's own stages annotated;
+ * from the cache c. gen: b->fed_gen when the build started; linked: the
+ * link runs (summaries arrive in memory), else etcd is read every time.
  */
 static int snap_build(struct mer_broker *b, struct snap_cache *c, uint64_t gen,
-		      struct mer_fed **fed, char *err, size_t errlen)
+		      int linked, struct mer_fed **fed, char *err,
+		      size_t errlen)
 {
 	long long now = mono_ms();
 	/* phase ends, wall and thread CPU ms, for the debug line */
@@ -1317,7 +1345,6 @@ static int snap_build(struct mer_broker *b, struct snap_cache *c, uint64_t gen,
 		goto out;
 	/* Without a link etcd is where summaries come from: read it all
 	 * every round. */
-	int linked = b->cfg.link_listen && b->cfg.link_listen[0];
 	if (!linked || !c->status || c->sites_gen != gen ||
 	    now - c->sites_ms > SITES_MAX_AGE_MS) {
 		json_t *st = range_obj(b, "site-status");
@@ -1440,11 +1467,51 @@ out:
 	return rv;
 }
 
+/* snap_build on the broker's one cache (b->snap, under b->smu), shared by
+ * the placer's rounds and the API's rebuilds (mer_broker_fed_get). */
+static int snap_shared(struct mer_broker *b, uint64_t gen, int linked,
+		       struct mer_fed **fed, char *err, size_t errlen)
+{
+	int rv = MER_ENOMEM;
+
+	pthread_mutex_lock(&b->smu);
+	if (!b->snap)
+		b->snap = calloc(1, sizeof(*b->snap));
+	if (b->snap)
+		rv = snap_build(b, b->snap, gen, linked, fed, err, errlen);
+	else
+		snprintf(err, errlen, "out of memory");
+	pthread_mutex_unlock(&b->smu);
+	return rv;
+}
+
+int mer_placer_snapshot(struct mer_broker *b, uint64_t gen,
+			struct mer_fed **fed, char *err, size_t errlen)
+{
+	/* Summaries arrive in memory only while this broker leads (its link
+	 * runs then); a follower's come from etcd, read on every build. */
+	int linked = b->cfg.link_listen && b->cfg.link_listen[0] &&
+		     mer_leader_epoch(b) > 0;
+
+	return snap_shared(b, gen, linked, fed, err, errlen);
+}
+
+void mer_placer_snapshot_drop(struct mer_broker *b)
+{
+	pthread_mutex_lock(&b->smu);
+	if (b->snap) {
+		snap_cache_clear(b->snap);
+		free(b->snap);
+		b->snap = NULL;
+	}
+	pthread_mutex_unlock(&b->smu);
+}
+
 /* A fresh snapshot for a round, published as the broker's cached one (as
  * mer_broker_fed_get does) so that submissions and dry-runs within their
  * age limit use it too. */
-static int snap_get(struct mer_broker *b, struct snap_cache *c,
-		    struct mer_fed_ref **out, char *err, size_t errlen)
+static int snap_get(struct mer_broker *b, struct mer_fed_ref **out, char *err,
+		    size_t errlen)
 {
 	struct mer_fed_ref *r, *old;
 	int rv;
@@ -1458,7 +1525,10 @@ static int snap_get(struct mer_broker *b, struct snap_cache *c,
 	r->built_ms = mono_ms();
 	r->refs = 2; /* the cache's and the caller's */
 	r->gen = gen;
-	if ((rv = snap_build(b, c, gen, &r->fed, err, errlen))) {
+	/* The placer runs only while the link does. */
+	if ((rv = snap_shared(b, gen,
+			      b->cfg.link_listen && b->cfg.link_listen[0],
+			      &r->fed, err, errlen))) {
 		free(r);
 		return rv;
 	}
@@ -1477,8 +1547,8 @@ static int snap_get(struct mer_broker *b, struct snap_cache *c,
 	return 0;
 }
 
-static void place_round(struct mer_broker *b, struct snap_cache *sc,
-			char (*ids)[MER_JOB_ID_SIZE], size_t n)
+static void place_round(struct mer_broker *b, char (*ids)[MER_JOB_ID_SIZE],
+			size_t n)
 {
 	struct mer_policy_ref *pr = mer_broker_policy_get(b);
 	struct mer_fed_ref *fr = NULL;
@@ -1487,7 +1557,7 @@ static void place_round(struct mer_broker *b, struct snap_cache *sc,
 	int rv;
 
 	/* A fresh snapshot each round: reports and marks change. */
-	rv = snap_get(b, sc, &fr, err, sizeof(err));
+	rv = snap_get(b, &fr, err, sizeof(err));
 	if (rv) {
 		mer_warn("no federation snapshot", "err=%s why=%s",
 			 mer_errname(rv), err);
@@ -1561,7 +1631,6 @@ static void *placer_main(void *arg)
 	struct mer_broker *b = arg;
 	char(*ids)[MER_JOB_ID_SIZE] = NULL;
 	size_t nids = 0, capids = 0;
-	struct snap_cache sc = {0}; /* this thread's only */
 
 	history_load_all(b);
 	replicas_load_all(b);
@@ -1634,12 +1703,11 @@ static void *placer_main(void *arg)
 		mer_debug("placement round", "jobs=%zu retry=%d", nids,
 			  retry_all);
 		if (nids)
-			place_round(b, &sc, ids, nids);
+			place_round(b, ids, nids);
 		pthread_mutex_lock(&b->pmu);
 	}
 	pthread_mutex_unlock(&b->pmu);
 	free(ids);
-	snap_cache_clear(&sc);
 	return NULL;
 }
 
@@ -1661,6 +1729,9 @@ void mer_placer_stop(struct mer_broker *b)
 	pthread_mutex_unlock(&b->pmu);
 	pthread_join(b->pthread, NULL);
 	b->prunning = 0;
+	/* The next term starts from etcd (and a follower's builds read it
+	 * all anyway). */
+	mer_placer_snapshot_drop(b);
 }
 
 void mer_placer_free_table(struct mer_broker *b)

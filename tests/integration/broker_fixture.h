@@ -41,6 +41,7 @@ struct bfx {
 	struct t_proc *proc;
 	int shared_etcd;	 /* etcd belongs to another bfx (a peer) */
 	char agent_brokers[256]; /* agents' "agent.broker"; "" = link */
+	char env[128]; /* "NAME=value" for the broker process; "" = none */
 };
 
 static const char *bfx_top(void)
@@ -130,7 +131,9 @@ static inline int bfx_spawn(struct bfx *f)
 	snprintf(bin, sizeof(bin), "%s/meridian-broker",
 		 dir && *dir ? dir : "bin");
 	char *argv[] = {bin, "--config", f->cfg, NULL};
-	if ((rv = t_proc_spawn(bin, argv, NULL, f->log, &f->proc)))
+	char *env[] = {f->env, NULL};
+	if ((rv = t_proc_spawn(bin, argv, f->env[0] ? env : NULL, f->log,
+			       &f->proc)))
 		return rv;
 	snprintf(url, sizeof(url), "%s/readyz", f->base);
 	rv = t_wait_http(url, NULL, 20000, f->proc);
@@ -408,6 +411,63 @@ static inline int bfx_req(const struct bfx *f, const char *method,
 static inline const char *bres_str(const struct bres *r, const char *key)
 {
 	return json_string_value(json_object_get(r->json, key));
+}
+
+/* How many ranges f's etcd has served (its etcd_mvcc_range_total, from
+ * its /metrics), or -1. */
+static inline long long bfx_etcd_ranges(const struct bfx *f)
+{
+	struct bfx e;
+	struct bres r;
+	long long n = -1;
+
+	memset(&e, 0, sizeof(e));
+	snprintf(e.base, sizeof(e.base), "%s", t_etcd_url(f->etcd));
+	if (bfx_req(&e, "GET", "/metrics", NULL, NULL, NULL, &r))
+		return -1;
+	const char *p = r.body && r.status == 200
+			    ? strstr(r.body, "\netcd_mvcc_range_total ")
+			    : NULL;
+	if (p) {
+		char *end = NULL;
+		p += strlen("\netcd_mvcc_range_total ");
+		double v = strtod(p, &end);
+		if (end != p)
+			n = (long long)v;
+	}
+	bres_clear(&r);
+	return n;
+}
+
+/* Where the broker's log has needle at or after offset from: the offset
+ * of its first byte, or -1 (no such line yet, or no log). */
+static inline long bfx_log_find(const struct bfx *f, long from,
+				const char *needle)
+{
+	char *log = NULL;
+	size_t len = 0;
+	long at = -1;
+
+	if (t_read_file(f->log, &log, &len) == 0 && from >= 0 &&
+	    (size_t)from <= len) {
+		const char *p = strstr(log + from, needle);
+		if (p)
+			at = (long)(p - log);
+	}
+	free(log);
+	return at;
+}
+
+/* The broker log's size now (the offset for bfx_log_find), or 0. */
+static inline long bfx_log_size(const struct bfx *f)
+{
+	char *log = NULL;
+	size_t len = 0;
+
+	if (t_read_file(f->log, &log, &len) != 0)
+		len = 0;
+	free(log);
+	return (long)len;
 }
 
 /* A site agent for the broker tests: a sim site, joined with a token from

@@ -4,7 +4,8 @@
  * "<p>/replicas/<site>/<name>", and a later job reading that name (found
  * nowhere else) is placed next to it, also after a broker restart (the
  * replica and the stage's success were written by one etcd txn, and
- * revoking the site deletes it); GPUs
+ * revoking the site deletes it, from the broker's memory too: the site
+ * joining again is placed on but shows none of its old outputs); GPUs
  * that earlier rounds' stages hold count against per-model GPU quotas; a
  * preemption victim's cancel survives a broker killed before the agent
  * took it.
@@ -12,6 +13,7 @@
 #include "tests/integration/broker_fixture.h"
 
 #include <sodium.h>
+#include <unistd.h>
 
 #include "common/err.h"
 #include "tests/harness.h"
@@ -543,6 +545,88 @@ static void test_revoked_site_replicas_gone(void)
 	T_EQ_INT(bfx_get_at(&F, mine, rev, &kv), MER_ENOTFOUND);
 }
 
+/*
+ * sim-b, revoked above, joins again under its name (a new token and key,
+ * as an admin would let it back): it is placed on again (its status
+ * record's revoked mark goes with the join) and shows none of the outputs
+ * it had before the revoke, which the broker's memory kept before: a job
+ * reading corpus-7, found nowhere now, waits (input_missing) instead of
+ * being drawn to sim-b.
+ */
+static void test_rejoined_site_without_old_outputs(void)
+{
+	char path[600], id[64];
+	json_t *job = NULL;
+	struct bres r;
+
+	T_ASSERT(F.proc != NULL);
+	t_proc_stop(agents[1], 5000, NULL);
+	agents[1] = NULL;
+	/* a new key (a key that joined once never joins again) and state */
+	snprintf(path, sizeof(path), "%s/sim-b.key", F.dir);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/sim-b.state", F.dir);
+	unlink(path);
+	int rv = start_agent(1);
+	if (rv)
+		dump_logs();
+	T_OK(rv);
+	long long end = t_now_ms() + 20000;
+	int back = 0;
+	while (t_now_ms() < end && !back) {
+		if (bfx_req(&F, "GET", "/v1/sites/sim-b", BFX_ADMIN, NULL, NULL,
+			    &r) == 0)
+			back =
+			    r.status == 200 &&
+			    !json_is_true(json_object_get(r.json, "revoked"));
+		bres_clear(&r);
+		if (!back)
+			t_sleep_ms(100);
+	}
+	T_ASSERT(back);
+
+	/* Placed on again: a job pinned to sim-b runs there. */
+	T_OK(submit("{\"name\": \"pinned\", \"constraints\": {\"sites\": "
+		    "{\"allow\": [\"sim-b\"]}}, \"stages\": [{\"name\": "
+		    "\"w\", \"kind\": \"generic\", \"resources\": "
+		    "{\"cpu\": 1, \"memory_mb\": 256}, \"duration_s\": 10}]}",
+		    id, sizeof(id)));
+	wait_state(id, "succeeded|failed", 60000, &job);
+	if (!job)
+		dump_logs();
+	T_ASSERT(job != NULL);
+	T_EQ_STR(json_string_value(json_object_get(job, "state")), "succeeded");
+	T_EQ_STR(nz(stage_site(job, 0)), "sim-b");
+	json_decref(job);
+	job = NULL;
+
+	/* Its old output is gone from the snapshots too. */
+	T_OK(submit(consumer, id, sizeof(id)));
+	char *text = NULL;
+	end = t_now_ms() + 10000;
+	while (t_now_ms() < end) {
+		wait_state(id, "pending|placed|dispatched|running|succeeded",
+			   1000, &job);
+		free(text);
+		text = job ? json_dumps(job, 0) : NULL;
+		int pending =
+		    job &&
+		    strcmp(nz(json_string_value(json_object_get(job, "state"))),
+			   "pending") == 0;
+		json_decref(job);
+		if (!pending || (text && strstr(text, "input_missing")))
+			break;
+		t_sleep_ms(100);
+	}
+	if (!text || !strstr(text, "input_missing"))
+		printf("    %s\n", nz(text));
+	T_EXPECT(text && strstr(text, "input_missing"));
+	free(text);
+	snprintf(path, sizeof(path), "/v1/jobs/%s", id);
+	T_OK(bfx_req(&F, "DELETE", path, BFX_ACME, NULL, NULL, &r));
+	bres_clear(&r);
+}
+
 static void test_clean_exit(void)
 {
 	T_ASSERT(F.proc != NULL);
@@ -558,6 +642,8 @@ static const struct t_case cases[] = {
     {"gpu_quota_counts_running", test_gpu_quota_counts_running},
     {"preempt_cancel_survives_restart", test_preempt_cancel_survives_restart},
     {"revoked_site_replicas_gone", test_revoked_site_replicas_gone},
+    {"rejoined_site_without_old_outputs",
+     test_rejoined_site_without_old_outputs},
     {"clean_exit", test_clean_exit},
 };
 

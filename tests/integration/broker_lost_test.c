@@ -20,6 +20,7 @@
 #include "tests/integration/broker_fixture.h"
 
 #include <sodium.h>
+#include <time.h>
 
 #include "common/err.h"
 #include "tests/harness.h"
@@ -614,6 +615,121 @@ static void test_timeout_and_retry_limit(void)
 	json_decref(job);
 }
 
+/* The last_heartbeat of the summary GET /v1/sites/{name} shows, or 0. */
+static long long heartbeat_of(const char *name)
+{
+	struct bres r;
+	char path[128];
+	long long hb = 0;
+
+	snprintf(path, sizeof(path), "/v1/sites/%s", name);
+	if (bfx_req(&F, "GET", path, BFX_ADMIN, NULL, NULL, &r))
+		return 0;
+	if (r.status == 200)
+		hb = ival(json_object_get(r.json, "summary"), "last_heartbeat");
+	bres_clear(&r);
+	return hb;
+}
+
+/* etcd's lost mark of a site: 1, 0, or -1 (no status record). */
+static int etcd_lost_mark(const char *name)
+{
+	char key[128];
+	struct mer_etcd_kv kv = {0};
+	int lost = -1;
+
+	snprintf(key, sizeof(key), "/meridian/site-status/%s", name);
+	if (mer_etcd_get(F.cli, key, strlen(key), &kv, NULL) == 0) {
+		json_t *o = json_loadb(kv.value, kv.value_len, 0, NULL);
+		lost = json_is_true(json_object_get(o, "lost"));
+		json_decref(o);
+	}
+	mer_etcd_kv_clear(&kv);
+	return lost;
+}
+
+/*
+ * A site that reports just as it is marked lost ends back, in etcd too.
+ * The broker runs with its test hook delaying every lost mark by 2.5 s
+ * after the decision: the agent, stopped (SIGSTOP) until the decision is
+ * logged and then let go, reports inside that window, so the "site back"
+ * write comes before the "lost" one. Written independently (the old
+ * code) the lost mark landed last and stayed for ever; now the site must
+ * end not lost, stay so, and take work again. Twice, to catch a writer
+ * that only gets the first transition right.
+ */
+static void test_report_races_lost_mark(void)
+{
+	T_ASSERT(F.proc != NULL);
+	for (int i = 0; i < 2; i++)
+		T_ASSERT(agents[i] != NULL);
+	snprintf(F.env, sizeof(F.env), "MERIDIAN_TEST_LOST_MARK_DELAY_MS=2500");
+	bfx_kill(&F, SIGTERM);
+	T_OK(bfx_spawn(&F));
+	/* Both agents back on this broker's link (a summary it received,
+	 * not etcd's copy from before the restart): watched from then on. */
+	long long since = (long long)time(NULL) + 1;
+	long long end = t_now_ms() + 20000;
+	while (t_now_ms() < end && !(heartbeat_of("sim-a") >= since &&
+				     heartbeat_of("sim-b") >= since))
+		t_sleep_ms(100);
+	T_ASSERT(heartbeat_of("sim-a") >= since &&
+		 heartbeat_of("sim-b") >= since);
+
+	for (int round = 0; round < 2; round++) {
+		long from = bfx_log_size(&F), lost_at = -1, back_at = -1;
+		pid_t pid = t_proc_pid(agents[0]);
+
+		kill(pid, SIGSTOP);
+		end = t_now_ms() + 15000;
+		while (t_now_ms() < end &&
+		       (lost_at = bfx_log_find(
+			    &F, from, "msg=\"site lost\" site=sim-a")) < 0)
+			t_sleep_ms(20);
+		kill(pid, SIGCONT);
+		if (lost_at < 0)
+			dump_logs();
+		T_ASSERT(lost_at >= 0);
+		/* The report came while the lost mark waited to be written
+		 * (the race the hook widens): "site back" is logged first,
+		 * before the mark could have been stored. */
+		end = t_now_ms() + 5000;
+		while (t_now_ms() < end &&
+		       (back_at = bfx_log_find(
+			    &F, lost_at, "msg=\"site back\" site=sim-a")) < 0)
+			t_sleep_ms(20);
+		T_ASSERT(back_at > lost_at);
+		T_EQ_INT(bfx_log_find(&F, lost_at, "site lost mark not"), -1);
+		/* Past the delayed write: the mark must end cleared. */
+		end = t_now_ms() + 8000;
+		t_sleep_ms(2600);
+		while (t_now_ms() < end && etcd_lost_mark("sim-a") != 0)
+			t_sleep_ms(100);
+		if (etcd_lost_mark("sim-a") != 0)
+			dump_logs();
+		T_EQ_INT(etcd_lost_mark("sim-a"), 0);
+		t_sleep_ms(1000);
+		T_EQ_INT(etcd_lost_mark("sim-a"), 0);
+		T_EQ_INT(site_lost_flag("sim-a"), 0);
+	}
+	/* and work goes there again: with sim-b drained, a job runs at
+	 * sim-a (not placeable while marked lost) */
+	char id[64], where[64];
+	T_OK(admin_post("POST", "/v1/sites/sim-b:drain", NULL));
+	T_OK(submit("after-race", id));
+	int rv = wait_running(id, where, sizeof(where));
+	T_OK(admin_post("POST", "/v1/sites/sim-b:undrain", NULL));
+	if (rv)
+		dump_logs();
+	T_OK(rv);
+	T_EQ_STR(where, "sim-a");
+	json_t *job = wait_done(id, 60000);
+	T_ASSERT(job != NULL);
+	T_EQ_STR(json_string_value(json_object_get(job, "state")), "succeeded");
+	json_decref(job);
+	F.env[0] = 0;
+}
+
 static void test_clean_exit(void)
 {
 	T_ASSERT(F.proc != NULL);
@@ -632,6 +748,7 @@ static const struct t_case cases[] = {
     {"lost_stage_retried", test_lost_stage_retried},
     {"preempt_best_effort", test_preempt_best_effort},
     {"timeout_and_retry_limit", test_timeout_and_retry_limit},
+    {"report_races_lost_mark", test_report_races_lost_mark},
     {"clean_exit", test_clean_exit},
 };
 

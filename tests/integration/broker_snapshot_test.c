@@ -5,7 +5,8 @@
  * when etcd has none; the placer places on it from memory; a drain through
  * the API reaches the placer's cached site records at once; a restarted
  * broker places on etcd's copy before the agent reports again; a summary
- * written to etcd by another process is found.
+ * written to etcd by another process is found; dry-runs that rebuild the
+ * snapshot use the placer's builder (no ranges over the site records).
  */
 #include "tests/integration/broker_fixture.h"
 
@@ -210,6 +211,45 @@ static void test_placed_from_memory(void)
 	cancel(id);
 }
 
+/*
+ * Dry-runs (and submissions: the same snapshot) whose cached snapshot has
+ * expired are rebuilt by the placer's builder, from the summary in memory
+ * and the cached site records: one a little over a second apart, each a
+ * rebuild, cost etcd next to no ranges (at most the records' periodic
+ * re-read), where a build from etcd (site-reports/, site-status/, sites/)
+ * ranged three times each. Each still sees snap-a, known from memory
+ * only (etcd's copy was deleted above).
+ */
+static void test_dry_runs_range_no_site_records(void)
+{
+	const char *body =
+	    "{\"name\": \"dry\", \"constraints\": {\"sites\": "
+	    "{\"allow\": [\"snap-a\"]}}, \"stages\": [{\"name\": \"s\", "
+	    "\"kind\": \"generic\", \"resources\": {\"cpu\": 1, "
+	    "\"memory_mb\": 256}, \"duration_s\": 600}]}";
+	const int n = 6;
+
+	/* The idle broker's own ranges over as long, for comparison. */
+	long long i0 = bfx_etcd_ranges(&F);
+	t_sleep_ms(n * 1100);
+	long long i1 = bfx_etcd_ranges(&F);
+	T_ASSERT(i0 >= 0 && i1 >= i0);
+	long long r0 = bfx_etcd_ranges(&F);
+	for (int i = 0; i < n; i++) {
+		struct bres r;
+		t_sleep_ms(1100); /* past the snapshot's 1 s */
+		T_OK(bfx_req(&F, "POST", "/v1/placements:dry-run", BFX_ACME,
+			     body, NULL, &r));
+		T_EQ_INT(r.status, 200);
+		T_EXPECT(r.body && strstr(r.body, "\"snap-a\""));
+		bres_clear(&r);
+	}
+	long long r1 = bfx_etcd_ranges(&F);
+	printf("    %d dry-runs: %lld etcd ranges (idle: %lld)\n", n, r1 - r0,
+	       i1 - i0);
+	T_ASSERT(r1 - r0 - (i1 - i0) < n);
+}
+
 /* A drain reaches the placer at once (its site records are read again
  * after a change), and so does the undrain. */
 static void test_drain_reaches_placer(void)
@@ -295,6 +335,7 @@ static const struct t_case cases[] = {
     {"setup", test_setup},
     {"sites_read_memory", test_sites_read_memory},
     {"placed_from_memory", test_placed_from_memory},
+    {"dry_runs_range_no_site_records", test_dry_runs_range_no_site_records},
     {"drain_reaches_placer", test_drain_reaches_placer},
     {"restart_uses_etcd_copy", test_restart_uses_etcd_copy},
     {"new_summary_in_etcd", test_new_summary_in_etcd},
