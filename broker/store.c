@@ -53,6 +53,10 @@ struct item {
 	int done;
 	int rv;
 	int64_t revision; /* etcd's revision after the txn (the record's) */
+	/* Its waiter sleeps on this, with the store's mu: a finished txn
+	 * wakes its own items only (one shared condition woke every waiter
+	 * for every txn, 64 wake-ups a txn at 64 clients). */
+	pthread_cond_t cv;
 };
 
 struct mer_store_ops {
@@ -76,7 +80,6 @@ struct mer_store {
 	void *arg;
 	pthread_mutex_t mu;
 	pthread_cond_t work; /* queue not empty, or closing */
-	pthread_cond_t done; /* some item finished */
 	struct item *head, **tail;
 	size_t queued;
 	int closing;
@@ -258,18 +261,20 @@ static void finish(struct mer_store *s, struct item **items, size_t n, int rv,
 			if (!items[i]->is_update)
 				s->on_stored(s->arg, items[i]->id);
 	pthread_mutex_lock(&s->mu);
-	for (size_t i = 0; i < n; i++) {
-		items[i]->rv = rv;
-		items[i]->revision = revision;
-		items[i]->done = 1;
-	}
 	if (rv == 0) {
 		s->stats.txns++;
 		s->stats.jobs += jobs;
 	} else if (rv != MER_ECOMPARE) {
 		s->stats.etcd_errors++;
 	}
-	pthread_cond_broadcast(&s->done);
+	/* Under mu: a woken waiter returns (and frees its item) only after
+	 * it gets mu back, so no item is touched after the unlock. */
+	for (size_t i = 0; i < n; i++) {
+		items[i]->rv = rv;
+		items[i]->revision = revision;
+		items[i]->done = 1;
+		pthread_cond_signal(&items[i]->cv);
+	}
 	pthread_mutex_unlock(&s->mu);
 }
 
@@ -429,9 +434,11 @@ static int enqueue_wait(struct mer_store *s, struct item *it)
 		   (it->extra ? it->extra->n : 0);
 	if (it->nops > s->max_ops || it->bytes > BATCH_MAX_BYTES)
 		return MER_ETOOBIG;
+	pthread_cond_init(&it->cv, NULL);
 	pthread_mutex_lock(&s->mu);
 	if (s->closing) {
 		pthread_mutex_unlock(&s->mu);
+		pthread_cond_destroy(&it->cv);
 		return MER_ECLOSED;
 	}
 	*s->tail = it;
@@ -439,8 +446,9 @@ static int enqueue_wait(struct mer_store *s, struct item *it)
 	s->queued++;
 	pthread_cond_signal(&s->work);
 	while (!it->done)
-		pthread_cond_wait(&s->done, &s->mu);
+		pthread_cond_wait(&it->cv, &s->mu);
 	pthread_mutex_unlock(&s->mu);
+	pthread_cond_destroy(&it->cv);
 	return it->rv;
 }
 
@@ -468,7 +476,6 @@ int mer_store_open(const struct mer_store_opts *o, struct mer_store **out)
 	s->tail = &s->head;
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->work, NULL);
-	pthread_cond_init(&s->done, NULL);
 	s->threads = calloc(s->ncommit, sizeof(*s->threads));
 	if (!s->prefix || !s->threads || !s->cache) {
 		mer_store_close(s);
@@ -503,18 +510,18 @@ void mer_store_close(struct mer_store *s)
 	for (unsigned i = 0; i < s->nthreads; i++)
 		pthread_join(s->threads[i], NULL);
 	pthread_mutex_lock(&s->mu);
-	for (struct item *it = s->head; it; it = it->next) {
+	for (struct item *it = s->head, *next; it; it = next) {
+		next = it->next; /* it may be freed once its waiter runs */
 		it->rv = MER_ECLOSED;
 		it->done = 1;
+		pthread_cond_signal(&it->cv);
 	}
 	s->head = NULL;
-	pthread_cond_broadcast(&s->done);
 	pthread_mutex_unlock(&s->mu);
 	mer_etcd_keeper_stop(s->keeper);
 	if (s->lease)
 		(void)mer_etcd_lease_revoke(s->etcd, s->lease, NULL);
 	pthread_cond_destroy(&s->work);
-	pthread_cond_destroy(&s->done);
 	pthread_mutex_destroy(&s->mu);
 	for (size_t i = 0; s->cache && i < CACHE_SLOTS; i++)
 		json_decref(s->cache[i].rec);
