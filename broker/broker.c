@@ -368,9 +368,8 @@ void mer_broker_fed_invalidate(struct mer_broker *b)
 int mer_broker_fed_get(struct mer_broker *b, long max_age_ms,
 		       struct mer_fed_ref **out, char *err, size_t errlen)
 {
-	struct mer_fed_ref *r, *old;
+	struct mer_fed_ref *r;
 	long long now = mono_ms();
-	int rv;
 
 	*out = NULL;
 	pthread_mutex_lock(&b->fmu);
@@ -390,6 +389,20 @@ int mer_broker_fed_get(struct mer_broker *b, long max_age_ms,
 	if (builder)
 		b->fed_building = 1;
 	pthread_mutex_unlock(&b->fmu);
+	/* The placer's builder: in-memory summaries and cached site records,
+	 * not a range over etcd per rebuild. */
+	return mer_broker_fed_build(b, gen, now, builder, mer_placer_snapshot,
+				    out, err, errlen);
+}
+
+int mer_broker_fed_build(struct mer_broker *b, uint64_t gen, long long now,
+			 int builder, mer_broker_fed_builder build,
+			 struct mer_fed_ref **out, char *err, size_t errlen)
+{
+	struct mer_fed_ref *r, *old;
+	int rv;
+
+	*out = NULL;
 	r = calloc(1, sizeof(*r));
 	if (!r) {
 		rv = MER_ENOMEM;
@@ -397,9 +410,7 @@ int mer_broker_fed_get(struct mer_broker *b, long max_age_ms,
 	}
 	r->built_ms = now;
 	r->refs = 2; /* the cache's and the caller's */
-	/* The placer's builder: in-memory summaries and cached site records,
-	 * not a range over etcd per rebuild. */
-	rv = mer_placer_snapshot(b, gen, &r->fed, err, errlen);
+	rv = build(b, gen, &r->fed, err, errlen);
 	if (rv) {
 		free(r);
 		goto out_unmark;
@@ -543,18 +554,17 @@ int mer_broker_new(const char *cfg_path, struct mer_broker **out, char *err,
 	mer_etcd_guard_block(b->etcd);
 	if ((rv = mer_metrics_new(&b->metrics)))
 		goto fail;
-	struct mer_store_opts so = {.etcd = b->etcd,
-				    .prefix = b->cfg.etcd_prefix,
-				    .batch_max = (unsigned)b->cfg.batch_max,
-				    .linger_ms =
-					(unsigned)b->cfg.batch_linger_ms,
-				    .committers = 2,
-				    .max_txn_ops =
-					(unsigned)b->cfg.etcd_max_txn_ops,
-				    .idem_keep_s = b->cfg.idem_keep_ms / 1000,
-				    .on_stored = on_stored,
-				    .observe = observe_etcd,
-				    .arg = b};
+	struct mer_store_opts so = {
+	    .etcd = b->etcd,
+	    .prefix = b->cfg.etcd_prefix,
+	    .batch_max = (unsigned)b->cfg.batch_max,
+	    .linger_ms = (unsigned)b->cfg.batch_linger_ms,
+	    .committers = 2,
+	    .max_txn_ops = (unsigned)b->cfg.etcd_max_txn_ops,
+	    .idem_keep_s = b->cfg.idem_keep_ms / 1000,
+	    .on_stored = on_stored,
+	    .observe = observe_etcd,
+	    .arg = b};
 	if ((rv = mer_store_open(&so, &b->store)))
 		goto fail;
 	if ((rv =

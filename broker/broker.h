@@ -146,6 +146,20 @@ int mer_broker_fed_get(struct mer_broker *b, long max_age_ms,
 		       struct mer_fed_ref **out, char *err, size_t errlen);
 void mer_broker_fed_put(struct mer_fed_ref *r);
 void mer_broker_fed_invalidate(struct mer_broker *b);
+/* Builds a snapshot of generation gen into *fed. */
+typedef int (*mer_broker_fed_builder)(struct mer_broker *b, uint64_t gen,
+				      struct mer_fed **fed, char *err,
+				      size_t errlen);
+/*
+ * A fresh snapshot of generation gen, made by build and stamped now,
+ * published as the cached one unless an invalidation came meanwhile (the
+ * caller may use it either way). builder: the caller set fed_building,
+ * cleared here whatever the outcome. Shared by mer_broker_fed_get and the
+ * placer's rounds.
+ */
+int mer_broker_fed_build(struct mer_broker *b, uint64_t gen, long long now,
+			 int builder, mer_broker_fed_builder build,
+			 struct mer_fed_ref **out, char *err, size_t errlen);
 
 /* placer.c */
 int mer_placer_start(struct mer_broker *b);

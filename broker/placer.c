@@ -1507,44 +1507,27 @@ void mer_placer_snapshot_drop(struct mer_broker *b)
 	pthread_mutex_unlock(&b->smu);
 }
 
+/* The round's builder: the placer runs only while the link does, so its
+ * summaries are in memory (no leader-epoch check, unlike
+ * mer_placer_snapshot). */
+static int snap_round_build(struct mer_broker *b, uint64_t gen,
+			    struct mer_fed **fed, char *err, size_t errlen)
+{
+	return snap_shared(b, gen, b->cfg.link_listen && b->cfg.link_listen[0],
+			   fed, err, errlen);
+}
+
 /* A fresh snapshot for a round, published as the broker's cached one (as
  * mer_broker_fed_get does) so that submissions and dry-runs within their
  * age limit use it too. */
 static int snap_get(struct mer_broker *b, struct mer_fed_ref **out, char *err,
 		    size_t errlen)
 {
-	struct mer_fed_ref *r, *old;
-	int rv;
-
-	*out = NULL;
-	if (!(r = calloc(1, sizeof(*r))))
-		return MER_ENOMEM;
 	pthread_mutex_lock(&b->fmu);
 	uint64_t gen = b->fed_gen;
 	pthread_mutex_unlock(&b->fmu);
-	r->built_ms = mono_ms();
-	r->refs = 2; /* the cache's and the caller's */
-	r->gen = gen;
-	/* The placer runs only while the link does. */
-	if ((rv = snap_shared(b, gen,
-			      b->cfg.link_listen && b->cfg.link_listen[0],
-			      &r->fed, err, errlen))) {
-		free(r);
-		return rv;
-	}
-	pthread_mutex_lock(&b->fmu);
-	/* One begun before an invalidation may predate the change: the
-	 * round may use it, the cache must not keep it. */
-	if (gen == b->fed_gen) {
-		old = b->fed_cache;
-		b->fed_cache = r;
-	} else {
-		old = r;
-	}
-	pthread_mutex_unlock(&b->fmu);
-	mer_broker_fed_put(old);
-	*out = r;
-	return 0;
+	return mer_broker_fed_build(b, gen, mono_ms(), 0, snap_round_build, out,
+				    err, errlen);
 }
 
 static void place_round(struct mer_broker *b, char (*ids)[MER_JOB_ID_SIZE],

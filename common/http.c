@@ -1512,8 +1512,12 @@ static void zombies_free(struct mer_http_server *srv)
 
 enum { IO_AGAIN = -1, IO_ERR = -2 };
 
-/* Reads up to n bytes: the count, 0 at end of stream, IO_AGAIN, IO_ERR. */
-static ssize_t conn_recv(struct conn *c, char *p, size_t n)
+/*
+ * One transfer of up to n bytes: a read into rp (rd), or a write from wp.
+ * The count, 0 at end of stream (reads only), IO_AGAIN or IO_ERR.
+ */
+static ssize_t conn_io(struct conn *c, int rd, char *rp, const char *wp,
+		       size_t n)
 {
 	ssize_t r;
 
@@ -1523,46 +1527,34 @@ static ssize_t conn_recv(struct conn *c, char *p, size_t n)
 		int k, e;
 
 		ERR_clear_error();
-		k = SSL_read(c->ssl, p, (int)n);
+		k = rd ? SSL_read(c->ssl, rp, (int)n)
+		       : SSL_write(c->ssl, wp, (int)n);
 		if (k > 0)
 			return k;
 		e = SSL_get_error(c->ssl, k);
 		if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
 			return IO_AGAIN;
-		return e == SSL_ERROR_ZERO_RETURN ? 0 : IO_ERR;
+		/* A TLS close_notify ends a read cleanly; a write cannot
+		 * go on after it. */
+		return rd && e == SSL_ERROR_ZERO_RETURN ? 0 : IO_ERR;
 	}
 	do
-		r = recv(c->fd, p, n, 0);
+		r = rd ? recv(c->fd, rp, n, 0)
+		       : send(c->fd, wp, n, MSG_NOSIGNAL);
 	while (r < 0 && errno == EINTR);
 	if (r >= 0)
 		return r;
 	return errno == EAGAIN || errno == EWOULDBLOCK ? IO_AGAIN : IO_ERR;
 }
 
+static ssize_t conn_recv(struct conn *c, char *p, size_t n)
+{
+	return conn_io(c, 1, p, NULL, n);
+}
+
 static ssize_t conn_send(struct conn *c, const char *p, size_t n)
 {
-	ssize_t r;
-
-	if (n > INT32_MAX)
-		n = INT32_MAX;
-	if (c->ssl) {
-		int k, e;
-
-		ERR_clear_error();
-		k = SSL_write(c->ssl, p, (int)n);
-		if (k > 0)
-			return k;
-		e = SSL_get_error(c->ssl, k);
-		if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
-			return IO_AGAIN;
-		return IO_ERR;
-	}
-	do
-		r = send(c->fd, p, n, MSG_NOSIGNAL);
-	while (r < 0 && errno == EINTR);
-	if (r >= 0)
-		return r;
-	return errno == EAGAIN || errno == EWOULDBLOCK ? IO_AGAIN : IO_ERR;
+	return conn_io(c, 0, NULL, p, n);
 }
 
 /*
@@ -1735,6 +1727,15 @@ static bool tchar(int c)
 	return isalnum(c) || (c && strchr("!#$%&'*+-.^_`|~", c));
 }
 
+/* Whether s is all tchars (RFC 9110 5.6.2); "" is, its callers rule it out. */
+static bool is_token(const char *s)
+{
+	for (; *s; s++)
+		if (!tchar((unsigned char)*s))
+			return false;
+	return true;
+}
+
 /* Parses the number in Content-Length: digits only, no sign. */
 static int parse_length(const char *s, uint64_t *out)
 {
@@ -1888,11 +1889,9 @@ static int head_parse(struct mer_http_server *srv, struct http_job *job,
 						   "malformed request line");
 			*sp1 = '\0';
 			*sp2 = '\0';
-			for (char *m = line; *m; m++)
-				if (!tchar((unsigned char)*m))
-					return head_refuse(
-					    e, 400, "invalid_request",
-					    "malformed request method");
+			if (!is_token(line))
+				return head_refuse(e, 400, "invalid_request",
+						   "malformed request method");
 			for (char *t = sp1 + 1; *t; t++)
 				if ((unsigned char)*t <= 0x20 ||
 				    (unsigned char)*t >= 0x7f)
@@ -1918,11 +1917,9 @@ static int head_parse(struct mer_http_server *srv, struct http_job *job,
 				return head_refuse(e, 400, "invalid_request",
 						   "malformed header line");
 			*colon = '\0';
-			for (char *q = line; *q; q++)
-				if (!tchar((unsigned char)*q))
-					return head_refuse(
-					    e, 400, "invalid_request",
-					    "malformed header name");
+			if (!is_token(line))
+				return head_refuse(e, 400, "invalid_request",
+						   "malformed header name");
 			v = colon + 1;
 			while (*v == ' ' || *v == '\t')
 				v++;

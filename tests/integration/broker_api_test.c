@@ -42,10 +42,10 @@ static int setup(void)
 	if (sodium_init() < 0)
 		return MER_EIO;
 	curl_global_init(CURL_GLOBAL_DEFAULT);
-	if (bfx_start(&F, "\"http\": {\"max_body\": \"64KiB\"},"
-			  " \"placement\": {\"interval\": \"200ms\"},"
-			  " \"jobs\": {\"idempotency_retention\": \"5s\"},") !=
-	    0) {
+	if (bfx_start(&F,
+		      "\"http\": {\"max_body\": \"64KiB\"},"
+		      " \"placement\": {\"interval\": \"200ms\"},"
+		      " \"jobs\": {\"idempotency_retention\": \"5s\"},") != 0) {
 		start_failed = 1;
 		bfx_free(&F);
 		return MER_EIO;
@@ -131,6 +131,7 @@ static void test_health(void)
 
 static void test_auth(void)
 {
+	long st;
 	struct bres r;
 	char path[128], id[64];
 
@@ -165,10 +166,8 @@ static void test_auth(void)
 	T_EQ_STR(bres_str(&r, "field"), "tenant");
 	bres_clear(&r);
 	/* acme's job is invisible to beta (404, not 403) but not to ops. */
-	T_OK(bfx_req(&F, "POST", "/v1/jobs", BFX_ACME, gravity_job, NULL, &r));
-	T_EQ_INT(r.status, 201);
-	snprintf(id, sizeof(id), "%s", nz(bres_str(&r, "id")));
-	bres_clear(&r);
+	T_OK(bfx_submit(&F, BFX_ACME, gravity_job, &st, id, sizeof(id)));
+	T_EQ_INT(st, 201);
 	snprintf(path, sizeof(path), "/v1/jobs/%s", id);
 	T_OK(bfx_req(&F, "GET", path, BFX_BETA, NULL, NULL, &r));
 	T_EQ_INT(r.status, 404);
@@ -231,15 +230,12 @@ static void test_submit_stored_and_placed(void)
 
 static void test_three_stages_placed_in_order(void)
 {
-	struct bres r;
+	long st;
 	char id[64];
 
 	SETUP();
-	T_OK(bfx_req(&F, "POST", "/v1/jobs", BFX_ACME, three_stage_job, NULL,
-		     &r));
-	T_EQ_INT(r.status, 201);
-	snprintf(id, sizeof(id), "%s", nz(bres_str(&r, "id")));
-	bres_clear(&r);
+	T_OK(bfx_submit(&F, BFX_ACME, three_stage_job, &st, id, sizeof(id)));
+	T_EQ_INT(st, 201);
 	json_t *j = wait_state(id, "placed");
 	T_ASSERT(j != NULL);
 	json_t *stages = json_object_get(j, "stages");

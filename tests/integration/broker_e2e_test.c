@@ -29,34 +29,11 @@ static const char *nz(const char *s)
 	return s ? s : "";
 }
 
-
-static int site_reported(const char *name)
-{
-	struct bres r;
-	char path[128];
-	int ok;
-
-	snprintf(path, sizeof(path), "/v1/sites/%s", name);
-	if (bfx_req(&F, "GET", path, BFX_ADMIN, NULL, NULL, &r))
-		return 0;
-	ok = r.status == 200 &&
-	     json_is_object(json_object_get(r.json, "summary"));
-	bres_clear(&r);
-	return ok;
-}
-
 static void dump_logs(void)
 {
-	char path[700], *log = NULL;
-	const char *names[] = {"broker", "sim-a", "sim-b"};
+	static const char *const names[] = {"broker", "sim-a", "sim-b"};
 
-	for (int i = 0; i < 3; i++) {
-		snprintf(path, sizeof(path), "%s/%s.log", F.dir, names[i]);
-		if (t_read_file(path, &log, NULL) == 0)
-			fprintf(stderr, "--- %s ---\n%s\n", names[i], log);
-		free(log);
-		log = NULL;
-	}
+	bfx_dump_logs(&F, names, 3);
 }
 
 static long long ival(const json_t *o, const char *k)
@@ -89,13 +66,10 @@ static void test_three_stages_run_in_order(void)
 			dump_logs();
 		T_OK(rv);
 	}
-	long long end = t_now_ms() + 20000;
-	while (t_now_ms() < end &&
-	       !(site_reported("sim-a") && site_reported("sim-b")))
-		t_sleep_ms(100);
-	if (!site_reported("sim-a") || !site_reported("sim-b"))
+	int reported = bfx_sites_reported(&F, "sim-a", "sim-b", 20000);
+	if (!reported)
 		dump_logs();
-	T_ASSERT(site_reported("sim-a") && site_reported("sim-b"));
+	T_ASSERT(reported);
 
 	T_OK(bfx_req(
 	    &F, "POST", "/v1/jobs", BFX_ACME,
@@ -119,20 +93,7 @@ static void test_three_stages_run_in_order(void)
 
 	json_t *job = NULL;
 	int saw_running = 0;
-	end = t_now_ms() + 60000;
-	while (t_now_ms() < end) {
-		T_OK(bfx_req(&F, "GET", path, BFX_ACME, NULL, NULL, &r));
-		const char *st = bres_str(&r, "state");
-		saw_running |= st && strcmp(st, "running") == 0;
-		if (st && (strcmp(st, "succeeded") == 0 ||
-			   strcmp(st, "failed") == 0)) {
-			job = json_incref(r.json);
-			bres_clear(&r);
-			break;
-		}
-		bres_clear(&r);
-		t_sleep_ms(100);
-	}
+	T_OK(bfx_wait_ended(&F, path, BFX_ACME, 60000, &job, &saw_running));
 	if (!job)
 		dump_logs();
 	T_ASSERT(job != NULL);

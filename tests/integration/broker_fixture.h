@@ -561,4 +561,103 @@ static inline int bfx_agent_join(const struct bfx *f, const struct bfx_site *s,
 	return bfx_agent_respawn(f, s->name, out);
 }
 
+/* Whether f's API shows site name with a summary (its agent reported). */
+static inline int bfx_site_reported(const struct bfx *f, const char *name)
+{
+	struct bres r;
+	char path[128];
+	int ok;
+
+	snprintf(path, sizeof(path), "/v1/sites/%s", name);
+	if (bfx_req(f, "GET", path, BFX_ADMIN, NULL, NULL, &r))
+		return 0;
+	ok = r.status == 200 &&
+	     json_is_object(json_object_get(r.json, "summary"));
+	bres_clear(&r);
+	return ok;
+}
+
+/* Waits up to ms for sites a and b to have reported; whether both have. */
+static inline int bfx_sites_reported(const struct bfx *f, const char *a,
+				     const char *b, long long ms)
+{
+	long long end = t_now_ms() + ms;
+
+	while (t_now_ms() < end &&
+	       !(bfx_site_reported(f, a) && bfx_site_reported(f, b)))
+		t_sleep_ms(100);
+	return bfx_site_reported(f, a) && bfx_site_reported(f, b);
+}
+
+/* Prints f's logs <dir>/<names[i]>.log to stderr (a failure's evidence). */
+static inline void bfx_dump_logs(const struct bfx *f, const char *const *names,
+				 int n)
+{
+	char path[700], *log = NULL;
+
+	if (!f->dir)
+		return;
+	for (int i = 0; i < n; i++) {
+		snprintf(path, sizeof(path), "%s/%s.log", f->dir, names[i]);
+		if (t_read_file(path, &log, NULL) == 0)
+			fprintf(stderr, "--- %s ---\n%s\n", names[i], log);
+		free(log);
+		log = NULL;
+	}
+}
+
+/*
+ * POSTs body as a job with token: *status gets the answer's status and id
+ * its "id" ("" when none). bfx_req's result.
+ */
+static inline int bfx_submit(const struct bfx *f, const char *token,
+			     const char *body, long *status, char *id,
+			     size_t idlen)
+{
+	struct bres r;
+	int rv;
+
+	id[0] = '\0';
+	*status = 0;
+	if ((rv = bfx_req(f, "POST", "/v1/jobs", token, body, NULL, &r)))
+		return rv;
+	*status = r.status;
+	snprintf(id, idlen, "%s", bfx_nz(bres_str(&r, "id")));
+	bres_clear(&r);
+	return 0;
+}
+
+/*
+ * Polls path with token for up to ms until the job's state is succeeded or
+ * failed: *job gets that record (a reference), NULL on timeout. When
+ * saw_running is not NULL it is set if the job was seen running. bfx_req's
+ * error when a poll got no answer.
+ */
+static inline int bfx_wait_ended(const struct bfx *f, const char *path,
+				 const char *token, long long ms, json_t **job,
+				 int *saw_running)
+{
+	long long end = t_now_ms() + ms;
+	struct bres r;
+	int rv;
+
+	*job = NULL;
+	while (t_now_ms() < end) {
+		if ((rv = bfx_req(f, "GET", path, token, NULL, NULL, &r)))
+			return rv;
+		const char *st = bres_str(&r, "state");
+		if (saw_running)
+			*saw_running |= st && strcmp(st, "running") == 0;
+		if (st && (strcmp(st, "succeeded") == 0 ||
+			   strcmp(st, "failed") == 0)) {
+			*job = json_incref(r.json);
+			bres_clear(&r);
+			return 0;
+		}
+		bres_clear(&r);
+		t_sleep_ms(100);
+	}
+	return 0;
+}
+
 #endif

@@ -143,6 +143,7 @@ static const char *job_body =
 
 static void test_one_leads_follower_redirects(void)
 {
+	long st;
 	struct bres r;
 	char role[32], loc[1024], id[64], path[128];
 
@@ -179,10 +180,8 @@ static void test_one_leads_follower_redirects(void)
 	bres_clear(&r);
 
 	/* Sent to the leader it is stored; the follower reads it. */
-	T_OK(bfx_req(&A, "POST", "/v1/jobs", BFX_ACME, job_body, NULL, &r));
-	T_EQ_INT(r.status, 201);
-	snprintf(id, sizeof(id), "%s", nz(bres_str(&r, "id")));
-	bres_clear(&r);
+	T_OK(bfx_submit(&A, BFX_ACME, job_body, &st, id, sizeof(id)));
+	T_EQ_INT(st, 201);
 	snprintf(path, sizeof(path), "/v1/jobs/%s", id);
 	T_OK(bfx_req(&B, "GET", path, BFX_ACME, NULL, NULL, &r));
 	T_EQ_INT(r.status, 200);
@@ -237,23 +236,9 @@ static void test_one_leads_follower_redirects(void)
 	stop_pair();
 }
 
-static int site_reported(const struct bfx *f, const char *name)
-{
-	struct bres r;
-	char path[128];
-	int ok;
-
-	snprintf(path, sizeof(path), "/v1/sites/%s", name);
-	if (bfx_req(f, "GET", path, BFX_ADMIN, NULL, NULL, &r))
-		return 0;
-	ok = r.status == 200 &&
-	     json_is_object(json_object_get(r.json, "summary"));
-	bres_clear(&r);
-	return ok;
-}
-
 static void test_sigkill_leader_mid_job(void)
 {
+	long st;
 	struct bres r;
 	char path[128], id[64], ids[20][64];
 	int rv;
@@ -270,16 +255,11 @@ static void test_sigkill_leader_mid_job(void)
 			dump_logs();
 		T_OK(rv);
 	}
-	long long end = t_now_ms() + 20000;
-	while (t_now_ms() < end &&
-	       !(site_reported(&A, "sim-a") && site_reported(&A, "sim-b")))
-		t_sleep_ms(100);
-	T_ASSERT(site_reported(&A, "sim-a") && site_reported(&A, "sim-b"));
+	int reported = bfx_sites_reported(&A, "sim-a", "sim-b", 20000);
+	T_ASSERT(reported);
 
-	T_OK(bfx_req(&A, "POST", "/v1/jobs", BFX_ACME, job_body, NULL, &r));
-	T_EQ_INT(r.status, 201);
-	snprintf(id, sizeof(id), "%s", nz(bres_str(&r, "id")));
-	bres_clear(&r);
+	T_OK(bfx_submit(&A, BFX_ACME, job_body, &st, id, sizeof(id)));
+	T_EQ_INT(st, 201);
 	/* More acknowledged jobs, none of which may be lost. */
 	for (int i = 0; i < 20; i++) {
 		T_OK(bfx_req(&A, "POST", "/v1/jobs", BFX_BETA,
@@ -294,7 +274,7 @@ static void test_sigkill_leader_mid_job(void)
 	/* Kill the leader once the first stage runs. */
 	snprintf(path, sizeof(path), "/v1/jobs/%s", id);
 	int running = 0;
-	end = t_now_ms() + 20000;
+	long long end = t_now_ms() + 20000;
 	while (t_now_ms() < end && !running) {
 		T_OK(bfx_req(&A, "GET", path, BFX_ACME, NULL, NULL, &r));
 		json_t *st0 =
@@ -320,19 +300,7 @@ static void test_sigkill_leader_mid_job(void)
 	T_EXPECT(took < TTL_MS + 3000);
 
 	json_t *job = NULL;
-	end = t_now_ms() + 90000;
-	while (t_now_ms() < end) {
-		T_OK(bfx_req(&B, "GET", path, BFX_ACME, NULL, NULL, &r));
-		const char *st = bres_str(&r, "state");
-		if (st && (strcmp(st, "succeeded") == 0 ||
-			   strcmp(st, "failed") == 0)) {
-			job = json_incref(r.json);
-			bres_clear(&r);
-			break;
-		}
-		bres_clear(&r);
-		t_sleep_ms(100);
-	}
+	T_OK(bfx_wait_ended(&B, path, BFX_ACME, 90000, &job, NULL));
 	if (!job || strcmp(nz(json_string_value(json_object_get(job, "state"))),
 			   "succeeded") != 0)
 		dump_logs();

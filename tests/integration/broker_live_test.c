@@ -43,33 +43,11 @@ static const char *nz(const char *s)
 	return s ? s : "";
 }
 
-static int site_reported(const char *name)
-{
-	struct bres r;
-	char path[128];
-	int ok;
-
-	snprintf(path, sizeof(path), "/v1/sites/%s", name);
-	if (bfx_req(&F, "GET", path, BFX_ADMIN, NULL, NULL, &r))
-		return 0;
-	ok = r.status == 200 &&
-	     json_is_object(json_object_get(r.json, "summary"));
-	bres_clear(&r);
-	return ok;
-}
-
 static void dump_logs(void)
 {
-	char path[700], *log = NULL;
-	const char *names[] = {"broker", "sim-a", "sim-b"};
+	static const char *const names[] = {"broker", "sim-a", "sim-b"};
 
-	for (int i = 0; i < 3; i++) {
-		snprintf(path, sizeof(path), "%s/%s.log", F.dir, names[i]);
-		if (t_read_file(path, &log, NULL) == 0)
-			fprintf(stderr, "--- %s ---\n%s\n", names[i], log);
-		free(log);
-		log = NULL;
-	}
+	bfx_dump_logs(&F, names, 3);
 }
 
 static void teardown(void)
@@ -124,6 +102,33 @@ static const char *stage_site(const json_t *job, size_t i)
 {
 	return json_string_value(json_object_get(
 	    json_array_get(json_object_get(job, "stages"), i), "site"));
+}
+
+/* Waits for job id to end: it must have succeeded, its first stage on
+ * site. -1 (logs dumped) when it did not end in time. */
+static int succeeded_on(const char *id, const char *site)
+{
+	json_t *job = NULL;
+
+	wait_state(id, "succeeded|failed", 60000, &job);
+	if (!job) {
+		dump_logs();
+		return -1;
+	}
+	T_EQ_STR(json_string_value(json_object_get(job, "state")), "succeeded");
+	T_EQ_STR(nz(stage_site(job, 0)), site);
+	json_decref(job);
+	return 0;
+}
+
+/* text (a job record, freed here) must name input_missing; printed when
+ * it does not. */
+static void expect_input_missing(char *text)
+{
+	if (!text || !strstr(text, "input_missing"))
+		printf("    %s\n", nz(text));
+	T_EXPECT(text && strstr(text, "input_missing"));
+	free(text);
 }
 
 static const char consumer[] =
@@ -191,17 +196,14 @@ static void test_output_becomes_replica(void)
 			dump_logs();
 		T_OK(rv);
 	}
-	long long end = t_now_ms() + 20000;
-	while (t_now_ms() < end &&
-	       !(site_reported("sim-a") && site_reported("sim-b")))
-		t_sleep_ms(100);
-	T_ASSERT(site_reported("sim-a") && site_reported("sim-b"));
+	int reported = bfx_sites_reported(&F, "sim-a", "sim-b", 20000);
+	T_ASSERT(reported);
 
 	/* Before any job made it, the dataset is nowhere: pending. */
 	T_OK(submit(consumer, id, sizeof(id)));
 	/* The placer's reasons (input_missing), once it has looked. */
 	char *text = NULL;
-	end = t_now_ms() + 10000;
+	long long end = t_now_ms() + 10000;
 	while (t_now_ms() < end) {
 		wait_state(id, "pending", 1000, &job);
 		free(text);
@@ -211,10 +213,7 @@ static void test_output_becomes_replica(void)
 			break;
 		t_sleep_ms(100);
 	}
-	if (!text || !strstr(text, "input_missing"))
-		printf("    %s\n", nz(text));
-	T_EXPECT(text && strstr(text, "input_missing"));
-	free(text);
+	expect_input_missing(text);
 	/* Out of the way of what follows. */
 	char path[128];
 	struct bres r;
@@ -230,13 +229,7 @@ static void test_output_becomes_replica(void)
 		    "\"outputs\": [{\"name\": \"corpus-7\", \"bytes\": "
 		    "40000000000000, \"tags\": [\"t1\"]}]}]}",
 		    id, sizeof(id)));
-	wait_state(id, "succeeded|failed", 60000, &job);
-	if (!job)
-		dump_logs();
-	T_ASSERT(job != NULL);
-	T_EQ_STR(json_string_value(json_object_get(job, "state")), "succeeded");
-	T_EQ_STR(nz(stage_site(job, 0)), "sim-b");
-	json_decref(job);
+	T_ASSERT(succeeded_on(id, "sim-b") == 0);
 
 	/* The replica record. */
 	struct mer_etcd_kv kv = {0};
@@ -591,14 +584,7 @@ static void test_rejoined_site_without_old_outputs(void)
 		    "\"w\", \"kind\": \"generic\", \"resources\": "
 		    "{\"cpu\": 1, \"memory_mb\": 256}, \"duration_s\": 10}]}",
 		    id, sizeof(id)));
-	wait_state(id, "succeeded|failed", 60000, &job);
-	if (!job)
-		dump_logs();
-	T_ASSERT(job != NULL);
-	T_EQ_STR(json_string_value(json_object_get(job, "state")), "succeeded");
-	T_EQ_STR(nz(stage_site(job, 0)), "sim-b");
-	json_decref(job);
-	job = NULL;
+	T_ASSERT(succeeded_on(id, "sim-b") == 0);
 
 	/* Its old output is gone from the snapshots too. */
 	T_OK(submit(consumer, id, sizeof(id)));
@@ -618,10 +604,7 @@ static void test_rejoined_site_without_old_outputs(void)
 			break;
 		t_sleep_ms(100);
 	}
-	if (!text || !strstr(text, "input_missing"))
-		printf("    %s\n", nz(text));
-	T_EXPECT(text && strstr(text, "input_missing"));
-	free(text);
+	expect_input_missing(text);
 	snprintf(path, sizeof(path), "/v1/jobs/%s", id);
 	T_OK(bfx_req(&F, "DELETE", path, BFX_ACME, NULL, NULL, &r));
 	bres_clear(&r);

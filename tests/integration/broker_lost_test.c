@@ -48,33 +48,11 @@ static const char *nz(const char *s)
 	return s ? s : "";
 }
 
-static int site_reported(const char *name)
-{
-	struct bres r;
-	char path[128];
-	int ok;
-
-	snprintf(path, sizeof(path), "/v1/sites/%s", name);
-	if (bfx_req(&F, "GET", path, BFX_ADMIN, NULL, NULL, &r))
-		return 0;
-	ok = r.status == 200 &&
-	     json_is_object(json_object_get(r.json, "summary"));
-	bres_clear(&r);
-	return ok;
-}
-
 static void dump_logs(void)
 {
-	char path[700], *log = NULL;
-	const char *names[] = {"broker", "sim-a", "sim-b"};
+	static const char *const names[] = {"broker", "sim-a", "sim-b"};
 
-	for (int i = 0; i < 3; i++) {
-		snprintf(path, sizeof(path), "%s/%s.log", F.dir, names[i]);
-		if (t_read_file(path, &log, NULL) == 0)
-			fprintf(stderr, "--- %s ---\n%s\n", names[i], log);
-		free(log);
-		log = NULL;
-	}
+	bfx_dump_logs(&F, names, 3);
 }
 
 static long long ival(const json_t *o, const char *k)
@@ -212,13 +190,10 @@ static void test_setup(void)
 			dump_logs();
 		T_OK(rv);
 	}
-	long long end = t_now_ms() + 20000;
-	while (t_now_ms() < end &&
-	       !(site_reported("sim-a") && site_reported("sim-b")))
-		t_sleep_ms(100);
-	if (!site_reported("sim-a") || !site_reported("sim-b"))
+	int reported = bfx_sites_reported(&F, "sim-a", "sim-b", 20000);
+	if (!reported)
 		dump_logs();
-	T_ASSERT(site_reported("sim-a") && site_reported("sim-b"));
+	T_ASSERT(reported);
 }
 
 /*

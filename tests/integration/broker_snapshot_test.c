@@ -41,19 +41,6 @@ static int get_site(const char *name, struct bres *r)
 	return bfx_req(&F, "GET", path, BFX_ADMIN, NULL, NULL, r);
 }
 
-static int site_reported(const char *name)
-{
-	struct bres r;
-	int ok;
-
-	if (get_site(name, &r))
-		return 0;
-	ok = r.status == 200 &&
-	     json_is_object(json_object_get(r.json, "summary"));
-	bres_clear(&r);
-	return ok;
-}
-
 static int etcd_has(const char *key)
 {
 	struct mer_etcd_kv kv;
@@ -125,16 +112,26 @@ static void cancel(const char *id)
 
 static void dump_logs(void)
 {
-	char path[700], *log = NULL;
-	const char *names[] = {"broker", "snap-a"};
+	static const char *const names[] = {"broker", "snap-a"};
 
-	for (int i = 0; i < 2; i++) {
-		snprintf(path, sizeof(path), "%s/%s.log", F.dir, names[i]);
-		if (t_read_file(path, &log, NULL) == 0)
-			fprintf(stderr, "--- %s ---\n%s\n", names[i], log);
-		free(log);
-		log = NULL;
-	}
+	bfx_dump_logs(&F, names, 2);
+}
+
+/* A job allowed only on site is placed there within ms (checked), then
+ * cancelled. submit_to's error when it could not be submitted. */
+static int placed_on(const char *site, int ms)
+{
+	char id[64];
+	json_t *rec;
+	int rv;
+
+	if ((rv = submit_to(site, id, sizeof(id))))
+		return rv;
+	rec = wait_placed(id, ms);
+	T_EQ_STR(nz(stage_field(rec, "site")), site);
+	json_decref(rec);
+	cancel(id);
+	return 0;
 }
 
 /* The agent reports, its summary is flushed to etcd; then the agent is
@@ -158,9 +155,10 @@ static void test_setup(void)
 		dump_logs();
 	T_ASSERT(rv == 0);
 	long long end = t_now_ms() + 20000;
-	while (t_now_ms() < end && !(site_reported("snap-a") && etcd_has(key)))
+	while (t_now_ms() < end &&
+	       !(bfx_site_reported(&F, "snap-a") && etcd_has(key)))
 		t_sleep_ms(100);
-	T_ASSERT(site_reported("snap-a") && etcd_has(key));
+	T_ASSERT(bfx_site_reported(&F, "snap-a") && etcd_has(key));
 	T_OK(t_proc_stop(agent, 5000, NULL));
 	agent = NULL;
 	/* Past any flush of its last summary. */
@@ -202,13 +200,7 @@ static void test_sites_read_memory(void)
 /* The placer places on the summary in memory (etcd has none). */
 static void test_placed_from_memory(void)
 {
-	char id[64];
-
-	T_OK(submit_to("snap-a", id, sizeof(id)));
-	json_t *rec = wait_placed(id, 10000);
-	T_EQ_STR(nz(stage_field(rec, "site")), "snap-a");
-	json_decref(rec);
-	cancel(id);
+	T_OK(placed_on("snap-a", 10000));
 }
 
 /*
@@ -281,7 +273,6 @@ static void test_drain_reaches_placer(void)
 static void test_restart_uses_etcd_copy(void)
 {
 	const char *key = "/meridian/site-reports/snap-a";
-	char id[64];
 
 	T_ASSERT(summary != NULL);
 	char *text = json_dumps(summary, JSON_COMPACT);
@@ -292,11 +283,7 @@ static void test_restart_uses_etcd_copy(void)
 	T_OK(rv);
 	bfx_kill(&F, SIGKILL);
 	T_OK(bfx_spawn(&F));
-	T_OK(submit_to("snap-a", id, sizeof(id)));
-	json_t *rec = wait_placed(id, 10000);
-	T_EQ_STR(nz(stage_field(rec, "site")), "snap-a");
-	json_decref(rec);
-	cancel(id);
+	T_OK(placed_on("snap-a", 10000));
 }
 
 /* A summary that another process wrote to etcd for a site this broker
@@ -309,20 +296,11 @@ static void test_new_summary_in_etcd(void)
 	    "\"scheduler\": \"sim\", \"pools\": [{\"name\": \"p\", "
 	    "\"resources\": {\"cpu\": {\"total\": 64, \"free\": 64}, "
 	    "\"memory_mb\": {\"total\": 65536, \"free\": 65536}}}]}";
-	char id[64];
 
 	/* A round first, so that the placer has read etcd's copy before. */
-	T_OK(submit_to("snap-a", id, sizeof(id)));
-	json_t *rec = wait_placed(id, 10000);
-	T_EQ_STR(nz(stage_field(rec, "site")), "snap-a");
-	json_decref(rec);
-	cancel(id);
+	T_OK(placed_on("snap-a", 10000));
 	T_OK(mer_etcd_put(F.cli, key, strlen(key), rep, strlen(rep), 0, NULL));
-	T_OK(submit_to("ext-1", id, sizeof(id)));
-	rec = wait_placed(id, 25000);
-	T_EQ_STR(nz(stage_field(rec, "site")), "ext-1");
-	json_decref(rec);
-	cancel(id);
+	T_OK(placed_on("ext-1", 25000));
 }
 
 static void test_clean_exit(void)

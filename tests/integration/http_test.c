@@ -459,6 +459,17 @@ static void with_server(const struct mer_http_config *cfg,
 	mer_http_server_free(fx.srv);
 }
 
+/* with_server on one worker with max_queue requests waiting for it. */
+static void with_one_worker(unsigned max_queue, void (*body)(struct fx *))
+{
+	struct mer_http_config cfg;
+
+	cfg_defaults(&cfg);
+	cfg.workers = 1;
+	cfg.max_queue = max_queue;
+	with_server(&cfg, body);
+}
+
 /* ---- curl client ------------------------------------------------------ */
 
 struct buf {
@@ -668,10 +679,11 @@ static int raw_send(int fd, const char *s)
 }
 
 /*
- * Reads until EOF, error or timeout_ms; out gets what arrived (NUL-ended).
- * Returns 1 on EOF/reset (the server closed), 0 on timeout.
+ * Reads until out contains until (when not NULL), EOF or timeout_ms.
+ * Returns 2 when until was found, 1 on EOF/reset, 0 on timeout.
  */
-static int raw_read_all(int fd, char *out, size_t n, int timeout_ms)
+static int raw_read_for(int fd, char *out, size_t n, int timeout_ms,
+			const char *until)
 {
 	size_t got = 0;
 	double end = now_s() + timeout_ms / 1e3;
@@ -682,7 +694,9 @@ static int raw_read_all(int fd, char *out, size_t n, int timeout_ms)
 		int left = (int)((end - now_s()) * 1e3);
 		ssize_t r;
 
-		if (left <= 0)
+		if (until && strstr(out, until))
+			return 2;
+		if (left <= 0 || got == n - 1)
 			return 0;
 		if (poll(&p, 1, left) <= 0)
 			continue;
@@ -691,9 +705,33 @@ static int raw_read_all(int fd, char *out, size_t n, int timeout_ms)
 			return 1;
 		got += (size_t)r;
 		out[got] = '\0';
-		if (got == n - 1)
-			return 0;
 	}
+}
+
+/*
+ * Reads until EOF, error or timeout_ms; out gets what arrived (NUL-ended).
+ * Returns 1 on EOF/reset (the server closed), 0 on timeout.
+ */
+static int raw_read_all(int fd, char *out, size_t n, int timeout_ms)
+{
+	return raw_read_for(fd, out, n, timeout_ms, NULL);
+}
+
+/*
+ * One request on a fresh connection, read until the server closes or 3 s
+ * pass: raw_read_all's result, or -1 when no connection was made.
+ */
+static int raw_ask(int port, const char *req, char *reply, size_t n)
+{
+	int fd = raw_connect(port);
+	int rv;
+
+	if (fd < 0)
+		return -1;
+	raw_send(fd, req);
+	rv = raw_read_all(fd, reply, n, 3000);
+	close(fd);
+	return rv;
 }
 
 /* ---- tests: basics ---------------------------------------------------- */
@@ -1240,6 +1278,25 @@ static int bg_start(struct bg *b, struct fx *fx, const char *path)
 	return pthread_create(&b->t, NULL, bg_main, b);
 }
 
+/* Gives up on a, held in the gated handler: released and reaped. */
+static void gate_abandon(struct bg *a)
+{
+	gate_release();
+	pthread_join(a->t, NULL);
+	resp_free(&a->r);
+}
+
+/* Releases the gate, then a (held in it) and b (queued behind it) must
+ * both have been answered 200. Their responses stay for the caller. */
+static void gate_join_ok(struct bg *a, struct bg *b)
+{
+	gate_release();
+	pthread_join(a->t, NULL);
+	pthread_join(b->t, NULL);
+	T_EQ_INT(a->r.status, 200);
+	T_EQ_INT(b->r.status, 200);
+}
+
 static int wait_busy(struct fx *fx, unsigned busy, unsigned queued)
 {
 	for (int i = 0; i < 500; i++) {
@@ -1304,9 +1361,7 @@ static void body_one_worker(struct fx *fx)
 	resp_free(&r);
 	/* One request may wait in the queue; the next is told to retry. */
 	if (bg_start(&b, fx, "/healthz") != 0) {
-		gate_release();
-		pthread_join(a.t, NULL);
-		resp_free(&a.r);
+		gate_abandon(&a);
 		T_ASSERT(0);
 	}
 	T_EXPECT(wait_busy(fx, 1, 1));
@@ -1314,23 +1369,14 @@ static void body_one_worker(struct fx *fx)
 	EXPECT_ERROR(&r, 503, "busy");
 	T_EQ_STR(resp_header(&r, "Retry-After", ra, sizeof(ra)), "1");
 	resp_free(&r);
-	gate_release();
-	pthread_join(a.t, NULL);
-	pthread_join(b.t, NULL);
-	T_EQ_INT(a.r.status, 200);
-	T_EQ_INT(b.r.status, 200);
+	gate_join_ok(&a, &b);
 	resp_free(&a.r);
 	resp_free(&b.r);
 }
 
 static void test_queue_full_503(void)
 {
-	struct mer_http_config cfg;
-
-	cfg_defaults(&cfg);
-	cfg.workers = 1;
-	cfg.max_queue = 1;
-	with_server(&cfg, body_one_worker);
+	with_one_worker(1, body_one_worker);
 }
 
 static void body_keepalive(struct fx *fx)
@@ -1440,9 +1486,7 @@ static void body_stop(struct fx *fx)
 	s.srv = fx->srv;
 	t0 = now_s();
 	if (pthread_create(&s.t, NULL, stop_main, &s) != 0) {
-		gate_release();
-		pthread_join(a.t, NULL);
-		resp_free(&a.r);
+		gate_abandon(&a);
 		T_ASSERT(0);
 	}
 	/* Clients are cut off at once, though the handler still runs. */
@@ -1803,36 +1847,6 @@ static void test_port_in_use(void)
 
 /* ---- tests: our own HTTP/1.1 server's limits ---------------------------- */
 
-/*
- * Reads until out contains until (when not NULL), EOF or timeout_ms.
- * Returns 2 when until was found, 1 on EOF/reset, 0 on timeout.
- */
-static int raw_read_for(int fd, char *out, size_t n, int timeout_ms,
-			const char *until)
-{
-	size_t got = 0;
-	double end = now_s() + timeout_ms / 1e3;
-
-	out[0] = '\0';
-	for (;;) {
-		struct pollfd p = {fd, POLLIN, 0};
-		int left = (int)((end - now_s()) * 1e3);
-		ssize_t r;
-
-		if (until && strstr(out, until))
-			return 2;
-		if (left <= 0 || got == n - 1)
-			return 0;
-		if (poll(&p, 1, left) <= 0)
-			continue;
-		r = recv(fd, out + got, n - 1 - got, 0);
-		if (r <= 0)
-			return 1;
-		got += (size_t)r;
-		out[got] = '\0';
-	}
-}
-
 /* Counts occurrences of needle in s. */
 static int count_of(const char *s, const char *needle)
 {
@@ -1982,29 +1996,23 @@ static void body_header_limits(struct fx *fx)
 {
 	char reply[4096];
 	char *big;
-	int fd;
+	int rv;
 
 	/* 7.5 KiB of head passes the default 8 KiB limit. */
 	big = big_head(7680, 60);
 	T_ASSERT(big != NULL);
 	T_EXPECT(strlen(big) <= 7680);
-	fd = raw_connect(fx->port);
-	T_ASSERT(fd >= 0);
-	raw_send(fd, big);
-	raw_read_all(fd, reply, sizeof(reply), 3000);
-	close(fd);
+	rv = raw_ask(fx->port, big, reply, sizeof(reply));
 	free(big);
+	T_ASSERT(rv >= 0);
 	T_CONTAINS(reply, "HTTP/1.1 200");
 
 	/* 8.8 KiB does not: 431, as JSON. */
 	big = big_head(9000, 60);
 	T_ASSERT(big != NULL);
-	fd = raw_connect(fx->port);
-	T_ASSERT(fd >= 0);
-	raw_send(fd, big);
-	raw_read_all(fd, reply, sizeof(reply), 3000);
-	close(fd);
+	rv = raw_ask(fx->port, big, reply, sizeof(reply));
 	free(big);
+	T_ASSERT(rv >= 0);
 	T_CONTAINS(reply, "HTTP/1.1 431");
 	T_CONTAINS(reply, "Content-Type: application/json\r\n");
 	T_CONTAINS(reply, "\"error\":\"request_header_too_large\"");
@@ -2012,12 +2020,9 @@ static void body_header_limits(struct fx *fx)
 	/* Nor do 120 small header fields (the limit is 100). */
 	big = big_head(3000, 120);
 	T_ASSERT(big != NULL);
-	fd = raw_connect(fx->port);
-	T_ASSERT(fd >= 0);
-	raw_send(fd, big);
-	raw_read_all(fd, reply, sizeof(reply), 3000);
-	close(fd);
+	rv = raw_ask(fx->port, big, reply, sizeof(reply));
 	free(big);
+	T_ASSERT(rv >= 0);
 	T_CONTAINS(reply, "HTTP/1.1 431");
 	T_CONTAINS(reply, "\"error\":\"request_header_too_large\"");
 	T_EXPECT(seen_wait("OTHER", "unmatched", 431));
@@ -2398,12 +2403,7 @@ static void body_client_gone(struct fx *fx)
 
 static void test_client_gone_499(void)
 {
-	struct mer_http_config cfg;
-
-	cfg_defaults(&cfg);
-	cfg.workers = 1;
-	cfg.max_queue = 4;
-	with_server(&cfg, body_client_gone);
+	with_one_worker(4, body_client_gone);
 }
 
 /*
@@ -2592,17 +2592,11 @@ static void body_gone_frees_slot(struct fx *fx)
 	/* Observed as soon as it is dropped, not when a worker frees. */
 	T_EXPECT(seen_wait("GET", "/v1/jobs/{id}", 499));
 	if (bg_start(&c, fx, "/v1/jobs/next") != 0) {
-		gate_release();
-		pthread_join(a.t, NULL);
-		resp_free(&a.r);
+		gate_abandon(&a);
 		T_ASSERT(0);
 	}
 	T_EXPECT(wait_busy(fx, 1, 1));
-	gate_release();
-	pthread_join(a.t, NULL);
-	pthread_join(c.t, NULL);
-	T_EQ_INT(a.r.status, 200);
-	T_EQ_INT(c.r.status, 200);
+	gate_join_ok(&a, &c);
 	T_EQ_STR(jstr(c.r.json, "id"), "next");
 	resp_free(&a.r);
 	resp_free(&c.r);
@@ -2610,12 +2604,7 @@ static void body_gone_frees_slot(struct fx *fx)
 
 static void test_gone_client_frees_queue_slot(void)
 {
-	struct mer_http_config cfg;
-
-	cfg_defaults(&cfg);
-	cfg.workers = 1;
-	cfg.max_queue = 1;
-	with_server(&cfg, body_gone_frees_slot);
+	with_one_worker(1, body_gone_frees_slot);
 }
 
 /*
