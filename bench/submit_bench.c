@@ -253,10 +253,10 @@ int main(void)
 					  1, &rg, NULL) == 0 &&
 		    rg.n == 1) {
 			struct mer_etcd_range first = {0};
-			if (mer_etcd_range_prefix(
-				raw, key, strlen(key), NULL, 0, 1,
-				rg.kvs[0].create_revision, 0, &first,
-				NULL) == 0 &&
+			if (mer_etcd_range_prefix(raw, key, strlen(key), NULL,
+						  0, 1,
+						  rg.kvs[0].create_revision, 0,
+						  &first, NULL) == 0 &&
 			    first.n == 1)
 				value_len = first.kvs[0].value_len;
 			mer_etcd_range_clear(&first);

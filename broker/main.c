@@ -19,22 +19,26 @@
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"usage: meridian-broker --config FILE\n"
-		"       meridian-broker check-config FILE\n"
-		"       meridian-broker hash-token   (token on stdin)\n"
-		"       meridian-broker --help\n"
-		"\n"
-		"  --config FILE       run the broker: REST API, agent link,\n"
-		"                      placement and dispatch, state in etcd\n"
-		"                      (deploy/examples/broker.json; docs/CONFIG.md)\n"
-		"  check-config FILE   validate a config file and exit (errors as\n"
-		"                      file:line:column)\n"
-		"  hash-token          read an API token on stdin and print the hash\n"
-		"                      to put in the tenants file (docs/OPERATIONS.md)\n"
-		"\n"
-		"Signals: SIGHUP reloads the policy file; SIGTERM or SIGINT stop.\n"
-		"Exit: 0 ok, 1 could not start or bad config, 2 usage.\n");
+	fprintf(
+	    f,
+	    "usage: meridian-broker --config FILE\n"
+	    "       meridian-broker check-config FILE\n"
+	    "       meridian-broker hash-token   (token on stdin)\n"
+	    "       meridian-broker --help\n"
+	    "\n"
+	    "  --config FILE       run the broker: REST API, agent link,\n"
+	    "                      placement and dispatch, state in etcd\n"
+	    "                      (deploy/examples/broker.json; "
+	    "docs/CONFIG.md)\n"
+	    "  check-config FILE   validate a config file and exit (errors as\n"
+	    "                      file:line:column)\n"
+	    "  hash-token          read an API token on stdin and print the "
+	    "hash\n"
+	    "                      to put in the tenants file "
+	    "(docs/OPERATIONS.md)\n"
+	    "\n"
+	    "Signals: SIGHUP reloads the policy file; SIGTERM or SIGINT stop.\n"
+	    "Exit: 0 ok, 1 could not start or bad config, 2 usage.\n");
 }
 
 static int hash_token(void)
@@ -73,8 +77,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	mer_log_set_component("broker");
-	if (argc == 2 && (strcmp(argv[1], "--help") == 0 ||
-			  strcmp(argv[1], "-h") == 0)) {
+	if (argc == 2 &&
+	    (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
 		usage(stdout);
 		return 0;
 	}

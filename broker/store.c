@@ -42,9 +42,9 @@ struct item {
 	char idx_key[KEY_MAX];
 	char idem_key[KEY_MAX]; /* "" for none */
 	char *job_val, *idx_val, *idem_val;
-	int64_t idem_rev; /* mod_revision the idem record must still have */
+	int64_t idem_rev;   /* mod_revision the idem record must still have */
 	int64_t idem_lease; /* the finished record's (0: none) */
-	int64_t job_rev;  /* updates: the mod_revision the record must have */
+	int64_t job_rev;    /* updates: the mod_revision the record must have */
 	int is_update;
 	struct mer_store_ops *extra; /* updates: more ops in the same txn */
 	size_t bytes, nops;
@@ -342,8 +342,10 @@ static int commit(struct mer_store *s, struct item **items, size_t n,
 	if (rv == 0)
 		*revision = r.revision;
 	if (rv && rv != MER_ECOMPARE)
-		mer_warn("job batch not stored", "jobs=%zu ops=%zu err=%s "
-			 "detail=%s", n, nops, mer_errname(rv), st.message);
+		mer_warn("job batch not stored",
+			 "jobs=%zu ops=%zu err=%s "
+			 "detail=%s",
+			 n, nops, mer_errname(rv), st.message);
 out:
 	mer_etcd_txn_result_clear(&r);
 	free(ops);
@@ -427,7 +429,8 @@ static void *committer(void *arg)
 /* Queues it for a committer and waits for its txn: the item's rv. */
 static int enqueue_wait(struct mer_store *s, struct item *it)
 {
-	it->bytes = strlen(it->job_val) + (it->idx_val ? strlen(it->idx_val) : 0) +
+	it->bytes = strlen(it->job_val) +
+		    (it->idx_val ? strlen(it->idx_val) : 0) +
 		    (it->idem_val ? strlen(it->idem_val) : 0) + 3 * KEY_MAX +
 		    (it->extra ? it->extra->bytes : 0);
 	it->nops = 1 + (it->idx_val != NULL) + (it->idem_key[0] != 0) +

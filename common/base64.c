@@ -82,8 +82,9 @@ static int std_decode(const char *text, size_t len, unsigned char *out,
 		int last = i + 4 == len;
 		int a = std_value((unsigned char)text[i]);
 		int b = std_value((unsigned char)text[i + 1]);
-		int c = last && pad == 2 ? 0
-					 : std_value((unsigned char)text[i + 2]);
+		int c = last && pad == 2
+			    ? 0
+			    : std_value((unsigned char)text[i + 2]);
 		int d = last && pad ? 0 : std_value((unsigned char)text[i + 3]);
 		if ((a | b | c | d) < 0)
 			return MER_EPARSE;
@@ -94,8 +95,8 @@ static int std_decode(const char *text, size_t len, unsigned char *out,
 			out[o++] = (unsigned char)(w >> 8);
 		if (!(last && pad))
 			out[o++] = (unsigned char)w;
-		if (last && ((pad == 2 && (w & 0xffff)) ||
-			     (pad == 1 && (w & 0xff))))
+		if (last &&
+		    ((pad == 2 && (w & 0xffff)) || (pad == 1 && (w & 0xff))))
 			return MER_EPARSE;
 	}
 	*out_len = o;
