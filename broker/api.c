@@ -785,23 +785,45 @@ int mer_broker_site_flag(struct mer_broker *b, const char *name,
 	return MER_EBUSY;
 }
 
+/*
+ * The start of every call that changes one site: an admin caller and a
+ * site the broker knows. 0 when the handler may go on; otherwise the
+ * answer is set and *ret is what the handler returns.
+ */
+static int site_admin_call(struct mer_http_req *req, struct mer_http_res *res,
+			   struct mer_broker *b, struct mer_principal *who,
+			   int *ret)
+{
+	const char *name = mer_http_req_param(req, "name");
+	json_t *view;
+	int rv;
+
+	*ret = 0;
+	if (auth(b, req, res, 1, who))
+		return 1;
+	if (!(view = sites_view(b, &rv))) {
+		*ret = etcd_fail(res, rv ? rv : MER_ENOMEM);
+		return 1;
+	}
+	int known = json_object_get(view, name) != NULL;
+	json_decref(view);
+	if (!known) {
+		*ret = mer_http_res_error(res, 404, "not_found", "name",
+					  "no site %s", name);
+		return 1;
+	}
+	return 0;
+}
+
 static int drain_common(struct mer_http_req *req, struct mer_http_res *res,
 			struct mer_broker *b, int on)
 {
 	struct mer_principal who;
 	const char *name = mer_http_req_param(req, "name");
-	json_t *view;
 	int rv;
 
-	if (auth(b, req, res, 1, &who))
-		return 0;
-	if (!(view = sites_view(b, &rv)))
-		return etcd_fail(res, rv ? rv : MER_ENOMEM);
-	int known = json_object_get(view, name) != NULL;
-	json_decref(view);
-	if (!known)
-		return mer_http_res_error(res, 404, "not_found", "name",
-					  "no site %s", name);
+	if (site_admin_call(req, res, b, &who, &rv))
+		return rv;
 	if ((rv = mer_broker_site_flag(b, name, "drained", on)))
 		return etcd_fail(res, rv);
 	mer_info(on ? "site drained" : "site undrained", "site=%s by=%s", name,
@@ -830,18 +852,10 @@ static int revoke_site(struct mer_http_req *req, struct mer_http_res *res,
 	struct mer_broker *b = arg;
 	struct mer_principal who;
 	const char *name = mer_http_req_param(req, "name");
-	json_t *view;
 	int rv;
 
-	if (auth(b, req, res, 1, &who))
-		return 0;
-	if (!(view = sites_view(b, &rv)))
-		return etcd_fail(res, rv ? rv : MER_ENOMEM);
-	int known = json_object_get(view, name) != NULL;
-	json_decref(view);
-	if (!known)
-		return mer_http_res_error(res, 404, "not_found", "name",
-					  "no site %s", name);
+	if (site_admin_call(req, res, b, &who, &rv))
+		return rv;
 	rv = mer_membership_revoke(b->members, name);
 	if (rv && rv != MER_ENOTFOUND)
 		return etcd_fail(res, rv);

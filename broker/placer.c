@@ -334,50 +334,35 @@ void mer_placer_replica_forget(struct mer_broker *b, const char *site)
 			 site, gone);
 }
 
-/* Reads "<p>/replicas/<site>/<name>" keys (pages of 500). */
+struct load_ctx {
+	struct mer_broker *b;
+	size_t total;
+};
+
+/* One "<p>/replicas/<site>/<name>" record. */
+static void replica_load_one(void *arg, const char *rest, const json_t *o)
+{
+	struct load_ctx *c = arg;
+	char site[MER_LINK_NAME_MAX];
+	const char *slash = strchr(rest, '/');
+
+	if (!slash || (size_t)(slash - rest) >= sizeof(site) ||
+	    !json_is_object(o))
+		return;
+	snprintf(site, sizeof(site), "%.*s", (int)(slash - rest), rest);
+	pthread_mutex_lock(&c->b->pmu);
+	rep_put(c->b, site, o);
+	pthread_mutex_unlock(&c->b->pmu);
+	c->total++;
+}
+
 static void replicas_load_all(struct mer_broker *b)
 {
-	char prefix[200], after[600] = "";
-	size_t plen =
-		   mer_store_key(b->store, prefix, sizeof(prefix), "replicas/"),
-	       alen = 0, total = 0;
+	struct load_ctx c = {.b = b};
 
-	for (;;) {
-		struct mer_etcd_range r = {0};
-		if (!plen || mer_etcd_range_prefix(b->etcd, prefix, plen,
-						   alen ? after : NULL, alen,
-						   500, 0, 0, &r, NULL) != 0)
-			return;
-		for (size_t i = 0; i < r.n; i++) {
-			char site[MER_LINK_NAME_MAX];
-			const char *k = r.kvs[i].key + plen;
-			const char *slash = strchr(k, '/');
-			json_t *o = json_loadb(r.kvs[i].value,
-					       r.kvs[i].value_len, 0, NULL);
-			if (slash && (size_t)(slash - k) < sizeof(site) &&
-			    json_is_object(o)) {
-				snprintf(site, sizeof(site), "%.*s",
-					 (int)(slash - k), k);
-				pthread_mutex_lock(&b->pmu);
-				rep_put(b, site, o);
-				pthread_mutex_unlock(&b->pmu);
-				total++;
-			}
-			json_decref(o);
-		}
-		int more = r.more && r.n;
-		if (more) {
-			alen = r.kvs[r.n - 1].key_len < sizeof(after)
-				   ? r.kvs[r.n - 1].key_len
-				   : 0;
-			memcpy(after, r.kvs[r.n - 1].key, alen);
-		}
-		mer_etcd_range_clear(&r);
-		if (!more || !alen)
-			break;
-	}
-	if (total)
-		mer_info("output replicas loaded", "entries=%zu", total);
+	mer_store_scan_prefix(b->store, "replicas/", replica_load_one, &c);
+	if (c.total)
+		mer_info("output replicas loaded", "entries=%zu", c.total);
 }
 
 static int has_dataset(const json_t *arr, const char *name)
@@ -923,51 +908,32 @@ void mer_placer_history_note(struct mer_broker *b, const char *tenant,
 	pthread_mutex_unlock(&b->pmu);
 }
 
-/* Reads "<p>/history/<tenant>/<job>/<stage>/<site>" keys (pages of 500). */
+/* One "<p>/history/<tenant>/<job>/<stage>/<site>" record. */
+static void history_load_one(void *arg, const char *rest, const json_t *o)
+{
+	struct load_ctx *c = arg;
+	char *parts[4], *save = NULL, key[600];
+	int k = 0;
+
+	snprintf(key, sizeof(key), "%s", rest);
+	for (char *t = strtok_r(key, "/", &save); t && k < 4;
+	     t = strtok_r(NULL, "/", &save))
+		parts[k++] = t;
+	if (k != 4 || !json_is_object(o))
+		return;
+	pthread_mutex_lock(&c->b->pmu);
+	hist_put(c->b, parts[0], parts[1], parts[2], parts[3], o);
+	pthread_mutex_unlock(&c->b->pmu);
+	c->total++;
+}
+
 static void history_load_all(struct mer_broker *b)
 {
-	char prefix[200], after[600] = "";
-	size_t plen =
-		   mer_store_key(b->store, prefix, sizeof(prefix), "history/"),
-	       alen = 0, total = 0;
+	struct load_ctx c = {.b = b};
 
-	for (;;) {
-		struct mer_etcd_range r = {0};
-		if (!plen || mer_etcd_range_prefix(b->etcd, prefix, plen,
-						   alen ? after : NULL, alen,
-						   500, 0, 0, &r, NULL) != 0)
-			return;
-		for (size_t i = 0; i < r.n; i++) {
-			char *parts[4], *save = NULL, key[600];
-			snprintf(key, sizeof(key), "%s", r.kvs[i].key + plen);
-			int k = 0;
-			for (char *t = strtok_r(key, "/", &save); t && k < 4;
-			     t = strtok_r(NULL, "/", &save))
-				parts[k++] = t;
-			json_t *o = json_loadb(r.kvs[i].value,
-					       r.kvs[i].value_len, 0, NULL);
-			if (k == 4 && json_is_object(o)) {
-				pthread_mutex_lock(&b->pmu);
-				hist_put(b, parts[0], parts[1], parts[2],
-					 parts[3], o);
-				pthread_mutex_unlock(&b->pmu);
-				total++;
-			}
-			json_decref(o);
-		}
-		int more = r.more && r.n;
-		if (more) {
-			alen = r.kvs[r.n - 1].key_len < sizeof(after)
-				   ? r.kvs[r.n - 1].key_len
-				   : 0;
-			memcpy(after, r.kvs[r.n - 1].key, alen);
-		}
-		mer_etcd_range_clear(&r);
-		if (!more || !alen)
-			break;
-	}
-	if (total)
-		mer_info("history loaded", "entries=%zu", total);
+	mer_store_scan_prefix(b->store, "history/", history_load_one, &c);
+	if (c.total)
+		mer_info("history loaded", "entries=%zu", c.total);
 }
 
 /* The engine's history entries for one job name; they point into h. */

@@ -1039,14 +1039,18 @@ done:
 	return 0;
 }
 
-int mer_store_scan(struct mer_store *s,
-		   void (*fn)(void *arg, const json_t *rec), void *arg)
+int mer_store_scan_prefix(struct mer_store *s, const char *what,
+			  void (*fn)(void *arg, const char *rest,
+				     const json_t *v),
+			  void *arg)
 {
-	char prefix[KEY_MAX], after[KEY_MAX];
-	size_t plen = mer_store_key(s, prefix, sizeof(prefix), "jobs/");
+	char prefix[KEY_MAX], after[KEY_MAX], rest[KEY_MAX];
+	size_t plen = mer_store_key(s, prefix, sizeof(prefix), "%s", what);
 	size_t alen = 0;
 	int rv;
 
+	if (!plen)
+		return MER_ETOOBIG;
 	for (;;) {
 		struct mer_etcd_range r = {0};
 		rv = mer_etcd_range_prefix(s->etcd, prefix, plen,
@@ -1055,14 +1059,17 @@ int mer_store_scan(struct mer_store *s,
 		if (rv)
 			return rv;
 		for (size_t i = 0; i < r.n; i++) {
-			json_t *rec;
+			json_t *v;
 			if (r.kvs[i].key_len >= KEY_MAX)
 				continue;
-			rec = json_loadb(r.kvs[i].value, r.kvs[i].value_len, 0,
-					 NULL);
-			if (rec)
-				fn(arg, rec);
-			json_decref(rec);
+			memcpy(rest, r.kvs[i].key + plen,
+			       r.kvs[i].key_len - plen);
+			rest[r.kvs[i].key_len - plen] = 0;
+			v = json_loadb(r.kvs[i].value, r.kvs[i].value_len, 0,
+				       NULL);
+			if (v)
+				fn(arg, rest, v);
+			json_decref(v);
 			memcpy(after, r.kvs[i].key, r.kvs[i].key_len);
 			alen = r.kvs[i].key_len;
 		}
@@ -1071,6 +1078,27 @@ int mer_store_scan(struct mer_store *s,
 		if (!more)
 			return 0;
 	}
+}
+
+struct scan_jobs {
+	void (*fn)(void *arg, const json_t *rec);
+	void *arg;
+};
+
+static void scan_job(void *arg, const char *rest, const json_t *v)
+{
+	struct scan_jobs *sj = arg;
+
+	(void)rest;
+	sj->fn(sj->arg, v);
+}
+
+int mer_store_scan(struct mer_store *s,
+		   void (*fn)(void *arg, const json_t *rec), void *arg)
+{
+	struct scan_jobs sj = {fn, arg};
+
+	return mer_store_scan_prefix(s, "jobs/", scan_job, &sj);
 }
 
 void mer_store_get_stats(struct mer_store *s, struct mer_store_stats *out)

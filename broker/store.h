@@ -144,6 +144,12 @@ int mer_store_update_ops(struct mer_store *s, const char *id,
 /* Calls fn for every job record (paged, one snapshot per page). */
 int mer_store_scan(struct mer_store *s,
 		   void (*fn)(void *arg, const json_t *rec), void *arg);
+/* Calls fn for every key under "<prefix>/<what>" whose value is JSON
+ * (paged, one snapshot per page); rest is the key after that. */
+int mer_store_scan_prefix(struct mer_store *s, const char *what,
+			  void (*fn)(void *arg, const char *rest,
+				     const json_t *v),
+			  void *arg);
 
 struct mer_store_stats {
 	uint64_t txns;	    /* batch txns committed */

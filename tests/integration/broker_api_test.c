@@ -21,10 +21,6 @@
 
 static struct bfx F;
 
-static const char *nz(const char *s)
-{
-	return s ? s : "";
-}
 static int started, start_failed;
 
 static void teardown(void)
@@ -284,9 +280,9 @@ static void test_bad_fields(void)
 		T_OK(bfx_req(&F, "POST", "/v1/jobs", BFX_ACME, body, NULL, &r));
 		if (r.status != 400 || !bres_str(&r, "field") ||
 		    strcmp(bres_str(&r, "field"),
-			   nz(json_string_value(
+			   bfx_nz(json_string_value(
 			       json_object_get(fx, "field")))) != 0 ||
-		    !strstr(r.body, nz(json_string_value(
+		    !strstr(r.body, bfx_nz(json_string_value(
 					json_object_get(fx, "contains")))))
 			t_fail(__FILE__, __LINE__, "%s: got %ld %s", de->d_name,
 			       r.status, r.body ? r.body : "");
@@ -372,7 +368,8 @@ static void test_idempotency(void)
 	T_OK(
 	    bfx_req(&F, "POST", "/v1/jobs", BFX_BETA, gravity_job, "k-1", &r3));
 	T_EQ_INT(r3.status, 201);
-	T_EXPECT(strcmp(nz(bres_str(&r3, "id")), nz(bres_str(&r1, "id"))) != 0);
+	T_EXPECT(strcmp(bfx_nz(bres_str(&r3, "id")),
+			bfx_nz(bres_str(&r1, "id"))) != 0);
 	bres_clear(&r3);
 	bres_clear(&r1);
 	bres_clear(&r2);
@@ -507,7 +504,7 @@ static void test_cancel(void)
 
 	SETUP();
 	T_OK(bfx_req(&F, "POST", "/v1/jobs", BFX_ACME, gravity_job, NULL, &r));
-	snprintf(path, sizeof(path), "/v1/jobs/%s", nz(bres_str(&r, "id")));
+	snprintf(path, sizeof(path), "/v1/jobs/%s", bfx_nz(bres_str(&r, "id")));
 	bres_clear(&r);
 	T_OK(bfx_req(&F, "DELETE", path, BFX_ACME, NULL, NULL, &r));
 	T_EQ_INT(r.status, 200);
@@ -593,7 +590,7 @@ static void test_unplaceable_stays_pending(void)
 		    "\"memory_mb\": 10}}]}",
 		    NULL, &r));
 	T_EQ_INT(r.status, 201);
-	snprintf(id, sizeof(id), "%s", nz(bres_str(&r, "id")));
+	snprintf(id, sizeof(id), "%s", bfx_nz(bres_str(&r, "id")));
 	bres_clear(&r);
 	snprintf(path, sizeof(path), "/v1/jobs/%s/placement", id);
 	long long end = t_now_ms() + 10000;
@@ -610,7 +607,7 @@ static void test_unplaceable_stays_pending(void)
 	long st;
 	json_t *j = get_job(id, BFX_ACME, &st);
 	T_EQ_STR(json_string_value(json_object_get(j, "state")), "pending");
-	T_EXPECT(strlen(nz(json_string_value(json_object_get(
+	T_EXPECT(strlen(bfx_nz(json_string_value(json_object_get(
 		     json_array_get(json_object_get(j, "stages"), 0),
 		     "reason")))) > 0);
 	json_decref(j);
@@ -853,7 +850,8 @@ static void test_idempotency_expires(void)
 	T_OK(bfx_req(&F, "POST", "/v1/jobs", BFX_ACME, gravity_job, "k-exp",
 		     &r2));
 	T_EQ_INT(r2.status, 201);
-	T_EXPECT(strcmp(nz(bres_str(&r2, "id")), nz(bres_str(&r1, "id"))) != 0);
+	T_EXPECT(strcmp(bfx_nz(bres_str(&r2, "id")),
+			bfx_nz(bres_str(&r1, "id"))) != 0);
 	T_EXPECT(!strstr(r2.hdrs, "Idempotent-Replayed"));
 	bres_clear(&r1);
 	bres_clear(&r2);

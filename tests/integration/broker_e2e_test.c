@@ -24,21 +24,11 @@ static int start_agent(int i)
 	return bfx_agent_join(&F, &s, &agents[i]);
 }
 
-static const char *nz(const char *s)
-{
-	return s ? s : "";
-}
-
 static void dump_logs(void)
 {
 	static const char *const names[] = {"broker", "sim-a", "sim-b"};
 
 	bfx_dump_logs(&F, names, 3);
-}
-
-static long long ival(const json_t *o, const char *k)
-{
-	return json_integer_value(json_object_get(o, k));
 }
 
 static void teardown(void)
@@ -87,7 +77,7 @@ static void test_three_stages_run_in_order(void)
 	    "\"duration_s\": 30, \"command\": [\"serve\"]}]}",
 	    NULL, &r));
 	T_EQ_INT(r.status, 201);
-	snprintf(id, sizeof(id), "%s", nz(bres_str(&r, "id")));
+	snprintf(id, sizeof(id), "%s", bfx_nz(bres_str(&r, "id")));
 	bres_clear(&r);
 	snprintf(path, sizeof(path), "/v1/jobs/%s", id);
 
@@ -109,13 +99,13 @@ static void test_three_stages_run_in_order(void)
 			 "succeeded");
 		T_EXPECT(site && (strcmp(site, "sim-a") == 0 ||
 				  strcmp(site, "sim-b") == 0));
-		T_EQ_INT(ival(s, "exit_code"), 0);
-		T_EQ_INT(ival(s, "attempts"), 1);
+		T_EQ_INT(bfx_ival(s, "exit_code"), 0);
+		T_EQ_INT(bfx_ival(s, "attempts"), 1);
 		if (i > 0) {
 			json_t *p = json_array_get(stages, i - 1);
 			/* launched only once its dependency finished */
-			T_EXPECT(ival(s, "dispatched_at") >=
-				 ival(p, "finished_at"));
+			T_EXPECT(bfx_ival(s, "dispatched_at") >=
+				 bfx_ival(p, "finished_at"));
 		}
 	}
 	json_decref(job);
@@ -149,13 +139,13 @@ static void test_cancel_running(void)
 	    "[\"sleep\"]}]}",
 	    NULL, &r));
 	T_EQ_INT(r.status, 201);
-	snprintf(path, sizeof(path), "/v1/jobs/%s", nz(bres_str(&r, "id")));
+	snprintf(path, sizeof(path), "/v1/jobs/%s", bfx_nz(bres_str(&r, "id")));
 	bres_clear(&r);
 	long long end = t_now_ms() + 20000;
 	int running = 0;
 	while (!running && t_now_ms() < end) {
 		T_OK(bfx_req(&F, "GET", path, BFX_ACME, NULL, NULL, &r));
-		running = strcmp(nz(bres_str(&r, "state")), "running") == 0;
+		running = strcmp(bfx_nz(bres_str(&r, "state")), "running") == 0;
 		bres_clear(&r);
 		t_sleep_ms(100);
 	}
@@ -167,7 +157,8 @@ static void test_cancel_running(void)
 	int cancelled = 0;
 	while (!cancelled && t_now_ms() < end) {
 		T_OK(bfx_req(&F, "GET", path, BFX_ACME, NULL, NULL, &r));
-		cancelled = strcmp(nz(bres_str(&r, "state")), "cancelled") == 0;
+		cancelled =
+		    strcmp(bfx_nz(bres_str(&r, "state")), "cancelled") == 0;
 		bres_clear(&r);
 		t_sleep_ms(100);
 	}

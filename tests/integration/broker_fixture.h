@@ -478,6 +478,12 @@ struct bfx_site {
 	const char *gpu_price, *core_price; /* JSON numbers, e.g. "2.0" */
 };
 
+/* An integer member of o (0 when absent). */
+static inline long long bfx_ival(const json_t *o, const char *k)
+{
+	return json_integer_value(json_object_get(o, k));
+}
+
 static inline const char *bfx_nz(const char *s)
 {
 	return s ? s : "";

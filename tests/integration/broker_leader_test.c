@@ -26,11 +26,6 @@ static struct t_proc *agents[2];
 static const char *site_names[2] = {"sim-a", "sim-b"};
 static const char *site_regions[2] = {"eu-west-1", "us-east-1"};
 
-static const char *nz(const char *s)
-{
-	return s ? s : "";
-}
-
 static void teardown(void)
 {
 	for (int i = 0; i < 2; i++) {
@@ -76,7 +71,7 @@ static void role_of(const struct bfx *f, char *out, size_t n)
 	out[0] = 0;
 	if (bfx_req(f, "GET", "/readyz", NULL, NULL, NULL, &r) == 0 &&
 	    r.status == 200)
-		snprintf(out, n, "%s", nz(bres_str(&r, "role")));
+		snprintf(out, n, "%s", bfx_nz(bres_str(&r, "role")));
 	bres_clear(&r);
 }
 
@@ -166,8 +161,8 @@ static void test_one_leads_follower_redirects(void)
 	T_OK(bfx_req(&B, "POST", "/v1/jobs?x=a%20b", BFX_ACME, job_body, NULL,
 		     &r));
 	T_EQ_INT(r.status, 307);
-	T_EQ_STR(nz(bres_str(&r, "error")), "not_leader");
-	T_EQ_STR(nz(bres_str(&r, "leader")), A.base);
+	T_EQ_STR(bfx_nz(bres_str(&r, "error")), "not_leader");
+	T_EQ_STR(bfx_nz(bres_str(&r, "leader")), A.base);
 	snprintf(loc, sizeof(loc), "Location: %s/v1/jobs?x=a%%20b", A.base);
 	T_CONTAINS(r.hdrs, loc);
 	bres_clear(&r);
@@ -185,7 +180,7 @@ static void test_one_leads_follower_redirects(void)
 	snprintf(path, sizeof(path), "/v1/jobs/%s", id);
 	T_OK(bfx_req(&B, "GET", path, BFX_ACME, NULL, NULL, &r));
 	T_EQ_INT(r.status, 200);
-	T_EQ_STR(nz(bres_str(&r, "id")), id);
+	T_EQ_STR(bfx_nz(bres_str(&r, "id")), id);
 	bres_clear(&r);
 	T_OK(bfx_req(&B, "GET", "/v1/jobs", BFX_ACME, NULL, NULL, &r));
 	T_EQ_INT(r.status, 200);
@@ -196,10 +191,10 @@ static void test_one_leads_follower_redirects(void)
 	T_EQ_INT(r.status, 200);
 	bres_clear(&r);
 	T_OK(bfx_req(&B, "GET", "/metrics", NULL, NULL, NULL, &r));
-	T_CONTAINS(nz(r.body), "meridian_leader 0");
+	T_CONTAINS(bfx_nz(r.body), "meridian_leader 0");
 	bres_clear(&r);
 	T_OK(bfx_req(&A, "GET", "/metrics", NULL, NULL, NULL, &r));
-	T_CONTAINS(nz(r.body), "meridian_leader 1");
+	T_CONTAINS(bfx_nz(r.body), "meridian_leader 1");
 	bres_clear(&r);
 
 	/* meridianctl follows the follower's 307 to the leader once. */
@@ -222,7 +217,7 @@ static void test_one_leads_follower_redirects(void)
 	t_proc_stop(ctl, 1000, NULL);
 	T_OK(t_read_file(log, &out, NULL));
 	T_EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-	T_CONTAINS(nz(out), "\"id\"");
+	T_CONTAINS(bfx_nz(out), "\"id\"");
 	free(out);
 
 	/* SIGTERM resigns: B leads at once, not after the lease TTL. */
@@ -268,7 +263,8 @@ static void test_sigkill_leader_mid_job(void)
 			     "\"duration_s\": 10}]}",
 			     NULL, &r));
 		T_EQ_INT(r.status, 201);
-		snprintf(ids[i], sizeof(ids[i]), "%s", nz(bres_str(&r, "id")));
+		snprintf(ids[i], sizeof(ids[i]), "%s",
+			 bfx_nz(bres_str(&r, "id")));
 		bres_clear(&r);
 	}
 	/* Kill the leader once the first stage runs. */
@@ -301,8 +297,9 @@ static void test_sigkill_leader_mid_job(void)
 
 	json_t *job = NULL;
 	T_OK(bfx_wait_ended(&B, path, BFX_ACME, 90000, &job, NULL));
-	if (!job || strcmp(nz(json_string_value(json_object_get(job, "state"))),
-			   "succeeded") != 0)
+	if (!job ||
+	    strcmp(bfx_nz(json_string_value(json_object_get(job, "state"))),
+		   "succeeded") != 0)
 		dump_logs();
 	T_ASSERT(job != NULL);
 	T_EQ_STR(json_string_value(json_object_get(job, "state")), "succeeded");
@@ -354,7 +351,7 @@ static void test_paused_leader_is_fenced(void)
 	T_OK(rv);
 	T_OK(bfx_req(&A, "POST", "/v1/jobs", BFX_ACME, job_body, NULL, &r));
 	T_EQ_INT(r.status, 307);
-	T_EQ_STR(nz(bres_str(&r, "leader")), B.base);
+	T_EQ_STR(bfx_nz(bres_str(&r, "leader")), B.base);
 	bres_clear(&r);
 	/* etcd still names B, at the same epoch: A wrote nothing over it. */
 	lk = leader_key();
@@ -363,7 +360,7 @@ static void test_paused_leader_is_fenced(void)
 	role_of(&B, role, sizeof(role));
 	T_EQ_STR(role, "leader");
 	T_OK(bfx_req(&A, "GET", "/metrics", NULL, NULL, NULL, &r));
-	T_CONTAINS(nz(r.body), "meridian_leader 0");
+	T_CONTAINS(bfx_nz(r.body), "meridian_leader 0");
 	bres_clear(&r);
 	stop_pair();
 }

@@ -38,11 +38,6 @@ static int respawn_agent(int i)
 	return bfx_agent_respawn(&F, site_names[i], &agents[i]);
 }
 
-static const char *nz(const char *s)
-{
-	return s ? s : "";
-}
-
 static void dump_logs(void)
 {
 	static const char *const names[] = {"broker", "sim-a", "sim-b"};
@@ -66,7 +61,7 @@ static int submit(const char *body, char *id, size_t n)
 
 	if (rv == 0 && r.status != 201)
 		rv = MER_EREMOTE;
-	snprintf(id, n, "%s", rv ? "" : nz(bres_str(&r, "id")));
+	snprintf(id, n, "%s", rv ? "" : bfx_nz(bres_str(&r, "id")));
 	bres_clear(&r);
 	return rv;
 }
@@ -85,7 +80,8 @@ static void wait_state(const char *id, const char *want, long long ms,
 		struct bres r;
 		if (bfx_req(&F, "GET", path, BFX_ACME, NULL, NULL, &r))
 			break;
-		snprintf(pat, sizeof(pat), "|%s|", nz(bres_str(&r, "state")));
+		snprintf(pat, sizeof(pat), "|%s|",
+			 bfx_nz(bres_str(&r, "state")));
 		char w[128];
 		snprintf(w, sizeof(w), "|%s|", want);
 		if (bres_str(&r, "state") && strstr(w, pat)) {
@@ -116,7 +112,7 @@ static int succeeded_on(const char *id, const char *site)
 		return -1;
 	}
 	T_EQ_STR(json_string_value(json_object_get(job, "state")), "succeeded");
-	T_EQ_STR(nz(stage_site(job, 0)), site);
+	T_EQ_STR(bfx_nz(stage_site(job, 0)), site);
 	json_decref(job);
 	return 0;
 }
@@ -126,7 +122,7 @@ static int succeeded_on(const char *id, const char *site)
 static void expect_input_missing(char *text)
 {
 	if (!text || !strstr(text, "input_missing"))
-		printf("    %s\n", nz(text));
+		printf("    %s\n", bfx_nz(text));
 	T_EXPECT(text && strstr(text, "input_missing"));
 	free(text);
 }
@@ -161,13 +157,13 @@ static void replica_with_success(const char *id, const char *key, int64_t rev)
 	T_EQ_INT(kv.mod_revision, rev);
 	rec = json_loadb(kv.value, kv.value_len, 0, NULL);
 	mer_etcd_kv_clear(&kv);
-	T_EQ_STR(nz(stage_state_in(rec, 0)), "succeeded");
+	T_EQ_STR(bfx_nz(stage_state_in(rec, 0)), "succeeded");
 	json_decref(rec);
 	T_OK(bfx_get_at(&F, ikey, rev, &kv));
 	T_EQ_INT(kv.mod_revision, rev);
 	rec = json_loadb(kv.value, kv.value_len, 0, NULL);
 	mer_etcd_kv_clear(&kv);
-	T_EQ_STR(nz(json_string_value(json_object_get(rec, "state"))),
+	T_EQ_STR(bfx_nz(json_string_value(json_object_get(rec, "state"))),
 		 "succeeded");
 	json_decref(rec);
 
@@ -175,7 +171,7 @@ static void replica_with_success(const char *id, const char *key, int64_t rev)
 	T_OK(bfx_get_at(&F, jkey, rev - 1, &kv));
 	rec = json_loadb(kv.value, kv.value_len, 0, NULL);
 	mer_etcd_kv_clear(&kv);
-	T_EXPECT(strcmp(nz(stage_state_in(rec, 0)), "succeeded") != 0);
+	T_EXPECT(strcmp(bfx_nz(stage_state_in(rec, 0)), "succeeded") != 0);
 	json_decref(rec);
 }
 
@@ -241,12 +237,13 @@ static void test_output_becomes_replica(void)
 	T_ASSERT(o != NULL);
 	T_EXPECT(json_number_value(json_object_get(o, "bytes")) == 4e13);
 	/* the sim agent reports no sizes: the job's is kept */
-	T_EQ_STR(nz(json_string_value(json_object_get(o, "bytes_from"))),
+	T_EQ_STR(bfx_nz(json_string_value(json_object_get(o, "bytes_from"))),
 		 "job");
 	T_EXPECT(json_integer_value(json_object_get(o, "created_at")) > 0);
-	T_EQ_STR(nz(json_string_value(json_object_get(o, "job"))), id);
-	T_EQ_STR(nz(json_string_value(json_object_get(o, "stage"))), "prep");
-	T_EQ_STR(nz(json_string_value(
+	T_EQ_STR(bfx_nz(json_string_value(json_object_get(o, "job"))), id);
+	T_EQ_STR(bfx_nz(json_string_value(json_object_get(o, "stage"))),
+		 "prep");
+	T_EQ_STR(bfx_nz(json_string_value(
 		     json_array_get(json_object_get(o, "tags"), 0))),
 		 "t1");
 	json_decref(o);
@@ -259,7 +256,7 @@ static void test_output_becomes_replica(void)
 	if (!job)
 		dump_logs();
 	T_ASSERT(job != NULL);
-	T_EQ_STR(nz(stage_site(job, 0)), "sim-b");
+	T_EQ_STR(bfx_nz(stage_site(job, 0)), "sim-b");
 	json_decref(job);
 
 	/* A restarted broker knows it from etcd. */
@@ -270,7 +267,7 @@ static void test_output_becomes_replica(void)
 	if (!job)
 		dump_logs();
 	T_ASSERT(job != NULL);
-	T_EQ_STR(nz(stage_site(job, 0)), "sim-b");
+	T_EQ_STR(bfx_nz(stage_site(job, 0)), "sim-b");
 	json_decref(job);
 }
 
@@ -330,7 +327,7 @@ static void test_gpu_quota_counts_running(void)
 		t_sleep_ms(100);
 	}
 	if (!text || !strstr(text, "quota"))
-		printf("    %s\n", nz(text));
+		printf("    %s\n", bfx_nz(text));
 	T_EXPECT(text && strstr(text, "\"state\": \"pending\"") &&
 		 strstr(text, "quota"));
 	free(text);
@@ -595,10 +592,9 @@ static void test_rejoined_site_without_old_outputs(void)
 			   1000, &job);
 		free(text);
 		text = job ? json_dumps(job, 0) : NULL;
-		int pending =
-		    job &&
-		    strcmp(nz(json_string_value(json_object_get(job, "state"))),
-			   "pending") == 0;
+		int pending = job && strcmp(bfx_nz(json_string_value(
+						json_object_get(job, "state"))),
+					    "pending") == 0;
 		json_decref(job);
 		if (!pending || (text && strstr(text, "input_missing")))
 			break;

@@ -43,21 +43,11 @@ static int respawn_agent(int i)
 	return bfx_agent_respawn(&F, site_names[i], &agents[i]);
 }
 
-static const char *nz(const char *s)
-{
-	return s ? s : "";
-}
-
 static void dump_logs(void)
 {
 	static const char *const names[] = {"broker", "sim-a", "sim-b"};
 
 	bfx_dump_logs(&F, names, 3);
-}
-
-static long long ival(const json_t *o, const char *k)
-{
-	return json_integer_value(json_object_get(o, k));
 }
 
 static void teardown(void)
@@ -112,7 +102,7 @@ static int wait_running(const char *id, char *site, size_t n)
 			    json_string_value(json_object_get(s, "state"));
 			if (st && strcmp(st, "running") == 0) {
 				snprintf(site, n, "%s",
-					 nz(json_string_value(
+					 bfx_nz(json_string_value(
 					     json_object_get(s, "site"))));
 				json_decref(job);
 				return 0;
@@ -153,7 +143,7 @@ static int submit(const char *name, char id[64])
 	if ((rv = bfx_req(&F, "POST", "/v1/jobs", BFX_ACME, body, NULL, &r)))
 		return rv;
 	rv = r.status == 201 ? 0 : MER_EREMOTE;
-	snprintf(id, 64, "%s", nz(bres_str(&r, "id")));
+	snprintf(id, 64, "%s", bfx_nz(bres_str(&r, "id")));
 	bres_clear(&r);
 	return rv;
 }
@@ -220,8 +210,8 @@ static void stale_key_outlived_answer(const char *id, const char *site,
 	json_t *rec = json_loadb(kv.value, kv.value_len, 0, NULL);
 	mer_etcd_kv_clear(&kv);
 	json_t *e = json_array_get(json_object_get(stage0(rec), "stale"), 0);
-	T_EQ_STR(nz(json_string_value(json_object_get(e, "site"))), site);
-	T_EQ_INT(ival(e, "attempt"), 1);
+	T_EQ_STR(bfx_nz(json_string_value(json_object_get(e, "site"))), site);
+	T_EQ_INT(bfx_ival(e, "attempt"), 1);
 	T_EXPECT(json_is_true(json_object_get(e, "cancel_acked")));
 	json_decref(rec);
 }
@@ -237,7 +227,7 @@ static int wait_stale_cancelled(const char *id)
 			json_t *e = json_array_get(
 			    json_object_get(stage0(job), "stale"), 0);
 			ok = json_is_true(json_object_get(e, "cancel_acked")) &&
-			     strcmp(nz(json_string_value(
+			     strcmp(bfx_nz(json_string_value(
 					json_object_get(e, "state"))),
 				    "ended") == 0;
 		}
@@ -268,13 +258,13 @@ static void test_killed_agent_stage_replaced(void)
 	json_t *s = stage0(job);
 	T_EQ_STR(json_string_value(json_object_get(job, "state")), "succeeded");
 	/* Placed again, elsewhere, as a new attempt. */
-	T_EXPECT(strcmp(nz(json_string_value(json_object_get(s, "site"))),
+	T_EXPECT(strcmp(bfx_nz(json_string_value(json_object_get(s, "site"))),
 			where) != 0);
-	T_EQ_INT(ival(s, "attempts"), 2);
+	T_EQ_INT(bfx_ival(s, "attempts"), 2);
 	json_t *stale = json_array_get(json_object_get(s, "stale"), 0);
 	T_ASSERT(stale != NULL);
 	T_EQ_STR(json_string_value(json_object_get(stale, "site")), where);
-	T_EQ_INT(ival(stale, "attempt"), 1);
+	T_EQ_INT(bfx_ival(stale, "attempt"), 1);
 	T_EQ_INT(site_lost_flag(where), 1);
 	json_decref(job);
 
@@ -395,14 +385,14 @@ static void test_lost_stage_retried(void)
 	T_ASSERT(job != NULL);
 	json_t *s = stage0(job);
 	T_EQ_STR(json_string_value(json_object_get(job, "state")), "succeeded");
-	T_EQ_INT(ival(s, "attempts"), 2);
-	T_EQ_INT(ival(s, "exit_code"), 0);
+	T_EQ_INT(bfx_ival(s, "attempts"), 2);
+	T_EQ_INT(bfx_ival(s, "exit_code"), 0);
 
 	/* The finished stage is in the learned history. */
 	char key[256];
 	struct mer_etcd_kv kv = {0};
 	snprintf(key, sizeof(key), "/meridian/history/acme/retry/work/%s",
-		 nz(json_string_value(json_object_get(s, "site"))));
+		 bfx_nz(json_string_value(json_object_get(s, "site"))));
 	json_decref(job);
 	/* Written just after the record that says succeeded. */
 	long long end = t_now_ms() + 5000;
@@ -430,7 +420,7 @@ static int submit_body(const char *body, char id[64])
 	if ((rv = bfx_req(&F, "POST", "/v1/jobs", BFX_ACME, body, NULL, &r)))
 		return rv;
 	rv = r.status == 201 ? 0 : MER_EREMOTE;
-	snprintf(id, 64, "%s", nz(bres_str(&r, "id")));
+	snprintf(id, 64, "%s", bfx_nz(bres_str(&r, "id")));
 	bres_clear(&r);
 	return rv;
 }
@@ -497,16 +487,16 @@ static void test_preempt_best_effort(void)
 			T_EQ_STR(json_string_value(
 				     json_object_get(s, "preempted_by")),
 				 by);
-			T_EQ_INT(ival(s, "attempts"), 2);
+			T_EQ_INT(bfx_ival(s, "attempts"), 2);
 			json_t *st =
 			    json_array_get(json_object_get(s, "stale"), 0);
-			T_EQ_INT(ival(st, "attempt"), 1);
+			T_EQ_INT(bfx_ival(st, "attempt"), 1);
 			/* the agent reported the first copy's end */
 			T_EQ_STR(
 			    json_string_value(json_object_get(st, "state")),
 			    "ended");
 		} else {
-			T_EQ_INT(ival(s, "attempts"), 1);
+			T_EQ_INT(bfx_ival(s, "attempts"), 1);
 		}
 		json_decref(job);
 	}
@@ -586,7 +576,7 @@ static void test_timeout_and_retry_limit(void)
 	T_EQ_STR(json_string_value(json_object_get(job, "state")), "failed");
 	T_EQ_STR(json_string_value(json_object_get(stage0(job), "state")),
 		 "failed");
-	T_EQ_INT(ival(stage0(job), "attempts"), 1);
+	T_EQ_INT(bfx_ival(stage0(job), "attempts"), 1);
 	json_decref(job);
 }
 
@@ -601,7 +591,8 @@ static long long heartbeat_of(const char *name)
 	if (bfx_req(&F, "GET", path, BFX_ADMIN, NULL, NULL, &r))
 		return 0;
 	if (r.status == 200)
-		hb = ival(json_object_get(r.json, "summary"), "last_heartbeat");
+		hb = bfx_ival(json_object_get(r.json, "summary"),
+			      "last_heartbeat");
 	bres_clear(&r);
 	return hb;
 }

@@ -19,11 +19,6 @@ static struct bfx F;
 static struct t_proc *agent;
 static json_t *summary; /* snap-a's summary, as GET /v1/sites showed it */
 
-static const char *nz(const char *s)
-{
-	return s ? s : "";
-}
-
 static void teardown(void)
 {
 	t_proc_stop(agent, 1000, NULL);
@@ -65,7 +60,7 @@ static int submit_to(const char *site, char *id, size_t n)
 	int rv = bfx_req(&F, "POST", "/v1/jobs", BFX_ACME, body, NULL, &r);
 	if (rv == 0 && r.status != 201)
 		rv = MER_EREMOTE;
-	snprintf(id, n, "%s", rv ? "" : nz(bres_str(&r, "id")));
+	snprintf(id, n, "%s", rv ? "" : bfx_nz(bres_str(&r, "id")));
 	bres_clear(&r);
 	return rv;
 }
@@ -128,7 +123,7 @@ static int placed_on(const char *site, int ms)
 	if ((rv = submit_to(site, id, sizeof(id))))
 		return rv;
 	rec = wait_placed(id, ms);
-	T_EQ_STR(nz(stage_field(rec, "site")), site);
+	T_EQ_STR(bfx_nz(stage_field(rec, "site")), site);
 	json_decref(rec);
 	cancel(id);
 	return 0;
@@ -176,7 +171,7 @@ static void test_sites_read_memory(void)
 	T_ASSERT(!etcd_has(key));
 	T_OK(get_site("snap-a", &r));
 	T_EQ_INT(r.status, 200);
-	T_EQ_STR(nz(bres_str(&r, "source")), "joined");
+	T_EQ_STR(bfx_nz(bres_str(&r, "source")), "joined");
 	T_EXPECT(json_is_object(json_object_get(r.json, "summary")));
 	json_t *age = json_object_get(r.json, "last_report_age_s");
 	T_EXPECT(json_is_integer(age) && json_integer_value(age) >= 0 &&
@@ -189,8 +184,9 @@ static void test_sites_read_memory(void)
 	size_t i;
 	int seen = 0;
 	json_array_foreach (json_object_get(r.json, "sites"), i, v)
-		if (strcmp(nz(json_string_value(json_object_get(v, "name"))),
-			   "snap-a") == 0)
+		if (strcmp(
+			bfx_nz(json_string_value(json_object_get(v, "name"))),
+			"snap-a") == 0)
 			seen = json_is_integer(
 			    json_object_get(v, "last_report_age_s"));
 	T_EXPECT(seen);
@@ -256,14 +252,14 @@ static void test_drain_reaches_placer(void)
 	T_OK(submit_to("snap-a", id, sizeof(id)));
 	json_t *rec = wait_placed(id, 2000);
 	T_EXPECT(stage_field(rec, "site") == NULL);
-	T_CONTAINS(nz(stage_field(rec, "reason")), "drained");
+	T_CONTAINS(bfx_nz(stage_field(rec, "reason")), "drained");
 	json_decref(rec);
 	T_OK(bfx_req(&F, "POST", "/v1/sites/snap-a:undrain", BFX_ADMIN, "{}",
 		     NULL, &r));
 	T_EQ_INT(r.status, 200);
 	bres_clear(&r);
 	rec = wait_placed(id, 10000);
-	T_EQ_STR(nz(stage_field(rec, "site")), "snap-a");
+	T_EQ_STR(bfx_nz(stage_field(rec, "site")), "snap-a");
 	json_decref(rec);
 	cancel(id);
 }
